@@ -1,0 +1,16 @@
+"""The ``cxi`` CNI plugin: a per-pod CXI service bound to the pod's network namespace.
+
+Layout (each module imports only the standard library and pycxi):
+
+* :mod:`pycxi.cni.errors`   the CNI error codes and :class:`CniError`
+* :mod:`pycxi.cni.skel`     the dispatcher (env table, version checks, error JSON)
+* :mod:`pycxi.cni.config`   stdin bytes -> :class:`NetConf` (pure)
+* :mod:`pycxi.cni.state`    per-attachment records, atomic writes under a flock
+* :mod:`pycxi.cni.vni`      VNI sources in their precedence (static, local, Kubernetes)
+* :mod:`pycxi.cni.nic`      the few device operations the plugin needs, over pycxi
+* :mod:`pycxi.cni.commands` ADD, DEL, CHECK, GC, STATUS
+* :mod:`pycxi.cni.plugin`   ``main()``, the ``cxi`` executable
+* :mod:`pycxi.cni.install`  writes a fast launcher into a CNI bin dir, prints/patches a conflist
+
+Nothing is imported here, so ``import pycxi.cni.plugin`` stays cheap.
+"""

@@ -1,0 +1,93 @@
+"""The few CXI device operations the plugin needs, over pycxi (the only code that touches a NIC)."""
+import errno
+import time
+
+import pycxi
+from pycxi.errors import CxiLibError
+
+from pycxi.cni.errors import CniError, ERR_NO_DEVICE
+
+# errnos meaning "no such service" (the kernel answers ENOENT for an unknown ID; be lenient)
+GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)
+
+
+def device_names():
+    return [d.name for d in pycxi.devices()]
+
+
+def select_devices(wanted):
+    """Names of the devices to use: all of them (``wanted`` None) or the configured list."""
+    have = device_names()
+    if wanted is None:
+        return have
+    missing = [d for d in wanted if d not in have]
+    if missing:
+        raise CniError(ERR_NO_DEVICE, f"CXI device(s) not found: {', '.join(missing)}",
+                       f"present: {', '.join(have) or 'none'}")
+    return list(wanted)
+
+
+def open_device(name):
+    return pycxi.Device(name)
+
+
+def clamp_limits(dev, limits):
+    """Clamp the configured max values to the device's totals (res untouched)."""
+    if limits is None:
+        return None
+    info = getattr(dev, "info", None)
+    out = {}
+    for k, (mx, res) in limits.items():
+        total = getattr(info, "num_" + k.lower() + "s", None) if info is not None else None
+        if isinstance(total, int) and total > 0 and mx > total:
+            mx = max(total, res)
+        out[k] = (mx, res)
+    return out
+
+
+def svc_netns(dev, svc_id, desc=None):
+    """The netns inode a service is bound to (0 when none)."""
+    try:
+        return int(dev.get_netns(svc_id) or 0)
+    except (CxiLibError, AttributeError, NotImplementedError):
+        pass
+    if desc is None:
+        desc = dev.get_svc(svc_id)
+    for m in getattr(desc, "members", None) or ():
+        kind = str(getattr(m, "type", getattr(m, "kind", ""))).upper()
+        if "NET" in kind:
+            return int(getattr(m, "value", getattr(m, "id", 0)) or 0)
+    return 0
+
+
+def get_svc(dev, svc_id):
+    """SvcDesc, or None when the service does not exist."""
+    try:
+        return dev.get_svc(svc_id)
+    except CxiLibError as exc:
+        if exc.errno in GONE:
+            return None
+        raise
+
+
+def destroy(dev, svc_id, retries, delay, log):
+    """Destroy a service.  Returns "destroyed", "gone" or "busy" (still referenced by LNIs
+    after ``retries`` attempts ``delay`` seconds apart; the caller disables it)."""
+    for attempt in range(retries + 1):
+        try:
+            dev.destroy_svc(svc_id)
+            return "destroyed"
+        except CxiLibError as exc:
+            if exc.errno == errno.EBUSY:
+                if attempt < retries:
+                    time.sleep(delay)
+                continue
+            if exc.errno in GONE and get_svc(dev, svc_id) is None:
+                return "gone"
+            raise
+    log.warning(f"{dev.name}: service {svc_id} still busy after {retries} retries")
+    return "busy"
+
+
+def disable(dev, svc_id):
+    dev.svc_enable(svc_id, False)

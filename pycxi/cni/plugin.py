@@ -1,0 +1,68 @@
+"""``cxi``: the CNI plugin executable (console script and installed launcher both call main())."""
+import os
+import signal
+import sys
+
+from pycxi.cni.errors import CniError, ERR_TRY_AGAIN_LATER
+
+
+class PluginTimeout(CniError):
+    def __init__(self, seconds):
+        super().__init__(ERR_TRY_AGAIN_LATER, f"the cxi plugin timed out after {seconds} s")
+
+
+def _make_log(conf):
+    from pycxi.cni.log import Log
+    log = Log(conf.log_level, conf.log_file)
+    # arm the self-timeout now that the configured value is known: a hung call still answers
+    seconds = int(max(1, round(conf.timeout)))
+
+    def on_alarm(signum, frame):
+        raise PluginTimeout(seconds)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    return log
+
+
+def _on_term(signum, frame):
+    raise CniError(ERR_TRY_AGAIN_LATER, f"the cxi plugin was interrupted by signal {signum}")
+
+
+def handlers():
+    from pycxi.cni import commands
+    return {"ADD": commands.cmd_add, "DEL": commands.cmd_del, "CHECK": commands.cmd_check,
+            "GC": commands.cmd_gc, "STATUS": commands.cmd_status}
+
+
+class _LazyHandlers(dict):
+    """Imports the commands only for verbs that need them (VERSION stays minimal)."""
+
+    def __missing__(self, key):
+        self.update(handlers())
+        return dict.__getitem__(self, key)
+
+
+def main(argv=None):
+    from pycxi.cni.skel import dispatch
+    signal.signal(signal.SIGTERM, _on_term)
+
+    def read_stdin():
+        try:
+            return sys.stdin.buffer.read()
+        except (OSError, ValueError, AttributeError):
+            return b""
+
+    rc, out = dispatch(dict(os.environ), read_stdin, _LazyHandlers(), _make_log)
+    signal.alarm(0)
+    try:
+        if out:
+            sys.stdout.write(out)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
