@@ -1,0 +1,226 @@
+"""Fixtures for the cxi CNI plugin tests: a per-test software CXI device (PYCXI_SIM_ROOT), real
+network namespaces (always removed), the installed ``cxi`` launcher and a libcni-style driver.
+
+Every namespace is named ``cxt<pid>x<n>``; the interface plugin's host side lives in a host-side
+namespace of its own, so the machine's network namespace is never touched.
+"""
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+PY = sys.executable
+VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
+DEBIAN_CNI = "/usr/lib/cni"
+
+sys.path.insert(0, HERE)
+from cnitool import CniTool, PluginError  # noqa: E402
+
+
+def _core_ready():
+    try:
+        import pycxi
+        pycxi.Device  # noqa: B018
+        return True
+    except Exception:
+        return False
+
+
+need_core = pytest.mark.skipif(not _core_ready(), reason="pycxi core (pycxi.Device) not built")
+need_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                               reason="needs root and iproute2 for network namespaces")
+need_bridge = pytest.mark.skipif(not os.access(os.path.join(DEBIAN_CNI, "bridge"), os.X_OK),
+                                 reason="Debian containernetworking-plugins not installed")
+
+
+def pycxi_cmd():
+    exe = os.path.join(os.path.dirname(PY), "pycxi")
+    if os.access(exe, os.X_OK):
+        return [exe]
+    return [PY, "-c", "import sys; from pycxi.cli import main; sys.exit(main())"]
+
+
+def run(cmd, env=None, netns=None, check=False, timeout=60, input=None):
+    if netns:
+        cmd = ["ip", "netns", "exec", netns] + list(cmd)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=check,
+                          timeout=timeout, input=input)
+
+
+# ---------------------------------------------------------------------------------------------
+# the software device
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch):
+    """A fresh software CXI device set (2 NICs) under a per-test PYCXI_SIM_ROOT."""
+    if not _core_ready():
+        pytest.skip("pycxi core (pycxi.Device) not built")
+    root = tmp_path / "sim"
+    root.mkdir()
+    monkeypatch.setenv("PYCXI_SIM_ROOT", str(root))
+    p = run(pycxi_cmd() + ["sim", "reset", "--devices", "2"], env=dict(os.environ))
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+DUMP = r"""
+import json, pycxi
+out = {}
+for info in pycxi.devices():
+    with pycxi.Device(info.name) as dev:
+        rows = []
+        for d in dev.svc_list():
+            if d.svc_id == 1:
+                continue
+            try:
+                ns = dev.get_netns(d.svc_id)
+            except Exception:
+                ns = None
+            rows.append({"svc": d.svc_id, "enable": bool(d.enable), "vnis": list(d.vnis or ()),
+                         "netns": ns})
+        out[info.name] = rows
+print(json.dumps(out))
+"""
+
+
+def services(env=None):
+    """{device: [{svc, enable, vnis, netns}]} of every non-default service, from a fresh process."""
+    p = run([PY, "-c", DUMP], env=env or dict(os.environ))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def count_services(env=None):
+    return sum(len(v) for v in services(env).values())
+
+
+# ---------------------------------------------------------------------------------------------
+# network namespaces
+
+_seq = itertools.count()
+
+
+class Netns:
+    def __init__(self):
+        self.names = []
+
+    def add(self, prefix="cxt"):
+        name = f"{prefix}{os.getpid()}x{next(_seq)}"
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        self.names.append(name)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], capture_output=True)
+        return name
+
+    @staticmethod
+    def path(name):
+        return f"/run/netns/{name}"
+
+    def delete(self, name):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def cleanup(self):
+        for n in reversed(self.names):
+            if os.path.exists(self.path(n)):
+                subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        self.names.clear()
+
+
+@pytest.fixture
+def netns():
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 for network namespaces")
+    ns = Netns()
+    try:
+        yield ns
+    finally:
+        ns.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# plugin installation and the driver
+
+@pytest.fixture(scope="session")
+def cni_bin(tmp_path_factory):
+    """A CNI bin dir holding the installed ``cxi`` launcher (shebang: this venv's python -IS)."""
+    from pycxi.cni import install
+    d = tmp_path_factory.mktemp("cni-bin")
+    install.install_launcher(str(d), python=PY)
+    return str(d)
+
+
+@pytest.fixture
+def cni_env(tmp_path, sim, cni_bin):
+    """Everything a plugin call needs: paths, data dirs, the env passed to plugins."""
+    class E:
+        pass
+    e = E()
+    e.tmp = tmp_path
+    e.bin = cni_bin
+    e.data_dir = str(tmp_path / "cxi-state")
+    e.ipam_dir = str(tmp_path / "ipam")
+    e.cache_dir = str(tmp_path / "cni-cache")
+    e.path = [cni_bin, os.path.join(HERE, "bin"), DEBIAN_CNI]
+    e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"]}
+    return e
+
+
+def cxi_conf(cni_env, **kw):
+    conf = {"type": "cxi", "dataDir": cni_env.data_dir, "logFile": str(cni_env.tmp / "cxi.log"),
+            "logLevel": "debug"}
+    conf.update(kw)
+    return conf
+
+
+def conflist(version, name, cxi, cni_env, bridge="cnibr0", subnet="10.88.7.0/24"):
+    """interface plugin (bridge; the test-only vethplug for 1.1.0, which Debian's bridge 1.1.1
+    does not speak) then cxi."""
+    if version == "1.1.0":
+        first = {"type": "vethplug"}
+    else:
+        first = {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                          "dataDir": cni_env.ipam_dir}}
+    return {"cniVersion": version, "name": name, "plugins": [first, cxi]}
+
+
+@pytest.fixture
+def tool_factory(cni_env):
+    def make(host_ns=None, timeout=60):
+        prefix = ["ip", "netns", "exec", host_ns] if host_ns else []
+        return CniTool(cni_env.path, cni_env.cache_dir, exec_prefix=prefix,
+                       extra_env=cni_env.env, timeout=timeout)
+    return make
+
+
+def plugin_call(cni_env, command, conf, cid="c1", netns_path="", ifname="eth0", args="",
+                timeout=60, extra_env=None):
+    """Run the installed cxi launcher once; returns (rc, parsed stdout or None, stderr)."""
+    env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": command,
+           "CNI_PATH": ":".join(cni_env.path)}
+    env.update(cni_env.env)
+    if command not in ("GC", "STATUS", "VERSION"):
+        env.update(CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=args)
+        if netns_path:
+            env["CNI_NETNS"] = netns_path
+    env.update(extra_env or {})
+    p = subprocess.run([os.path.join(cni_env.bin, "cxi")], input=json.dumps(conf).encode(),
+                       env=env, capture_output=True, timeout=timeout)
+    out = p.stdout.decode()
+    return p.returncode, (json.loads(out) if out.strip() else None), p.stderr.decode()
+
+
+def records(data_dir):
+    out = []
+    for root, _dirs, files in os.walk(data_dir):
+        out.extend(os.path.join(root, f) for f in files if f.endswith(".json"))
+    return out
+
+
+PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"address": "10.1.2.3/24", "interface": 0}]}
