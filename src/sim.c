@@ -1,0 +1,2203 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * pycxi software CXI device.
+ *
+ * Implements the libcxi service API (include/libcxi/libcxi.h) with the rules
+ * of the Cassini driver as described in cxi-svc-semantics.md: SHS 13.1
+ * behaviour plus network-namespace support, both as a NET_NS descriptor
+ * member (patched 12/13.x flavour) and through set_netns (SHS 14 flavour).
+ *
+ * State is shared by every process on the machine, like a kernel driver's:
+ * one file per device under $PYCXI_SIM_ROOT, mapped MAP_SHARED and guarded by
+ * a process-shared robust mutex stored in the file.  Crash safety: every
+ * write to the state is preceded by saving the old bytes in an undo journal
+ * inside the same mapping; the journal is cleared when an operation
+ * completes.  A process killed at any instruction leaves the mutex
+ * EOWNERDEAD, and the next locker replays the journal backwards.  The same
+ * journal unwinds failed operations, which is how the driver's "on any error
+ * everything is unwound" is kept.  LNIs belong to a (pid, start time); those
+ * of dead processes are released lazily, like the kernel does on fd close.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+#include <linux/capability.h>
+
+#include "libcxi/libcxi.h"
+#include "sim.h"
+
+#define SIM_MAGIC 0x3130494358435950ULL /* "PYCXCI01" */
+#define SIM_VERSION 3
+
+#define MAX_SVC 1024
+#define MAX_PROF 4096
+#define MAX_LNI 2048
+#define MAX_CHILD 4096
+#define MAX_NETNS 8		/* netns entries per AC list */
+#define JBUF_SIZE (2 * 1024 * 1024)
+
+#define NUM_TLE_POOLS 4		/* C_CQ_CFG_TLE_POOL_ENTRIES */
+#define NUM_LE_POOLS 16		/* C_LPE_CFG_PE_LE_POOLS_ENTRIES / C_PE_COUNT */
+#define RMU_ENTRIES 256		/* C_RMU_CFG_VNI_LIST_ENTRIES */
+#define NUM_RGIDS 255		/* C_NUM_RGIDS - 1 */
+#define MIN_POOL_TLES 8		/* CASS_MIN_POOL_TLES */
+#define DEFAULT_SVC_TLES 512
+#define MAX_LPR 8		/* C_NUM_LACS */
+#define PID_BITS 9
+#define PID_COUNT ((1u << PID_BITS) - 1)
+#define AC_INVALID 0xFFFFFFFFu
+#define PROC_USER_INIT_INO 0xEFFFFFFDu
+#define CAP_BIT_SYS_ADMIN 21
+#define CAP_BIT_NET_RAW 13
+
+static const uint16_t dev_totals[CXI_RSRC_TYPE_MAX] = {
+	[CXI_RSRC_TYPE_PTE] = 2048, [CXI_RSRC_TYPE_TXQ] = 1024,
+	[CXI_RSRC_TYPE_TGQ] = 512,  [CXI_RSRC_TYPE_EQ] = 2047,
+	[CXI_RSRC_TYPE_CT] = 2047,  [CXI_RSRC_TYPE_LE] = 16384,
+	[CXI_RSRC_TYPE_TLE] = 2048, [CXI_RSRC_TYPE_AC] = 1022,
+};
+
+/* An access-control list: the rgroup's or a profile's. */
+struct ac_list {
+	uint8_t open;
+	uint8_t nuid, ngid, nnetns;
+	uint32_t uid[CXI_SVC_MAX_MEMBERS];
+	uint32_t gid[CXI_SVC_MAX_MEMBERS];
+	uint32_t netns[MAX_NETNS];
+};
+
+struct sim_svc {
+	uint8_t used;
+	uint8_t enabled;		/* rgroup state */
+	int8_t tle_pool;		/* -1: none */
+	int8_t le_pool;			/* -1: none; same pool on every PE */
+	uint32_t lpr;
+	uint32_t nlni;			/* rgroup refcount - 1 */
+	uint32_t nrgid;			/* RGIDs held by its LNIs */
+	int32_t prof[CXI_SVC_MAX_VNIS];	/* profile pair per VNI slot, -1 */
+	uint64_t seq;			/* creation order (13.1 list order) */
+	struct ac_list ac;
+	struct cxi_svc_desc desc;	/* the stored descriptor */
+};
+
+/* A TX profile and an RX profile with the same match/ignore, kept as a pair. */
+struct sim_prof {
+	uint8_t used;
+	uint8_t enabled;
+	uint8_t exclusive_cp;
+	uint8_t tc_mask;		/* TX tc_table */
+	uint16_t match, ignore;
+	uint32_t owner;			/* svc_id; 0 = root's auto-created one */
+	uint32_t refs;			/* domains and CPs using it */
+	struct ac_list ac;
+};
+
+struct sim_lni {
+	uint8_t used;
+	uint32_t svc_id;
+	uint32_t nchild;
+	int32_t pid;
+	uint64_t starttime;
+	uint64_t serial;
+};
+
+enum { CHILD_DOMAIN = 1, CHILD_CP = 2 };
+
+struct sim_child {
+	uint8_t used;
+	uint8_t kind;
+	uint16_t vni;
+	uint32_t pid;			/* domain PID */
+	int32_t lni;			/* index into lni[] */
+	int32_t prof;			/* -1 for ETH CPs */
+	uint64_t serial;
+};
+
+struct sim_state {
+	uint64_t seq;
+	uint64_t serial;
+	uint16_t reserved[CXI_RSRC_TYPE_MAX];	/* LE: per PE (all PEs alike) */
+	uint16_t tle_pools;			/* bitmap */
+	uint16_t le_pools;			/* bitmap */
+	uint32_t rmu_used;
+	uint32_t rgids_used;
+	uint32_t svc_hw, prof_hw, lni_hw, child_hw;	/* high-water marks */
+	uint32_t reaped_lnis;
+	struct sim_svc svc[MAX_SVC];		/* svc[i] has ID i + 1 */
+	struct sim_prof prof[MAX_PROF];
+	struct sim_lni lni[MAX_LNI];
+	struct sim_child child[MAX_CHILD];
+};
+
+struct sim_journal {
+	uint32_t used;			/* bytes of valid entries */
+	uint8_t buf[JBUF_SIZE];
+};
+
+struct sim_file {
+	uint64_t magic;
+	uint32_t version;
+	uint32_t dev_id;
+	uint32_t recoveries;
+	pthread_mutex_t lock;
+	struct sim_journal j;
+	struct sim_state st;
+};
+
+struct jent {
+	uint32_t off;
+	uint32_t len;
+};
+
+/* One mapped device per process. */
+struct simdev {
+	struct sim_file *f;
+	ino_t ino;
+	dev_t fsdev;
+	unsigned int dev_id;
+};
+
+struct sim_dev_handle {
+	struct cxil_dev pub;		/* first: libcxi's struct is what callers see */
+	struct simdev *sd;
+	struct sim_lni_handle *lnis;	/* freed on close, like an fd close */
+};
+
+struct sim_lni_handle {
+	struct cxil_lni pub;
+	struct sim_dev_handle *dev;
+	struct sim_lni_handle *next;
+	int32_t idx;
+	uint64_t serial;
+	uint32_t nchild;		/* open child handles */
+};
+
+struct sim_domain_handle {
+	struct cxil_domain pub;
+	struct sim_lni_handle *lni;
+	int32_t idx;
+	uint64_t serial;
+};
+
+struct sim_cp_handle {
+	struct cxi_cp pub;
+	struct sim_lni_handle *lni;
+	int32_t idx;
+	uint64_t serial;
+};
+
+static pthread_mutex_t proc_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct simdev *mapped[PYCXI_SIM_MAX_DEVICES];
+
+/* ------------------------------------------------------------------ */
+/* Fault injection: PYCXI_SIM_CRASHPOINT=N kills this process at its N-th
+ * journalled write, so tests can crash an operation at every step. */
+static long crash_at = -1;
+static long crash_count;
+static pid_t crash_pid;
+
+static void crash_init(void)
+{
+	if (crash_pid == getpid())
+		return;
+	const char *s = getenv("PYCXI_SIM_CRASHPOINT");
+	crash_at = s ? atol(s) : -1;
+	crash_count = 0;
+	crash_pid = getpid();
+}
+
+/* ------------------------------------------------------------------ */
+/* Journal */
+
+static void jsave(struct sim_file *f, const void *p, size_t len)
+{
+	struct sim_journal *j = &f->j;
+	size_t off = (const char *)p - (const char *)f;
+	uint32_t size = (uint32_t)(sizeof(struct jent) + len + sizeof(uint32_t));
+
+	if (j->used + size > JBUF_SIZE)
+		abort();	/* a model bug: no operation touches this much */
+	struct jent e = { (uint32_t)off, (uint32_t)len };
+	memcpy(j->buf + j->used, &e, sizeof(e));
+	memcpy(j->buf + j->used + sizeof(e), p, len);
+	/* a trailer holding the entry size lets rollback walk backwards */
+	memcpy(j->buf + j->used + sizeof(e) + len, &size, sizeof(size));
+	/* The entry must be complete before it counts, and count before the
+	 * data it protects changes. */
+	__atomic_store_n(&j->used, j->used + size, __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (crash_at >= 0 && ++crash_count == crash_at)
+		raise(SIGKILL);
+}
+
+#define J(f, ptr) jsave((f), (ptr), sizeof(*(ptr)))
+
+static void jrollback(struct sim_file *f)
+{
+	struct sim_journal *j = &f->j;
+	uint32_t pos = j->used;
+
+	/* newest first, so overlapping saves restore the oldest bytes */
+	while (pos > 0) {
+		uint32_t size;
+		struct jent e;
+		memcpy(&size, j->buf + pos - sizeof(size), sizeof(size));
+		pos -= size;
+		memcpy(&e, j->buf + pos, sizeof(e));
+		memcpy((char *)f + e.off, j->buf + pos + sizeof(e), e.len);
+	}
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	__atomic_store_n(&j->used, 0, __ATOMIC_RELEASE);
+}
+
+static void jcommit(struct sim_file *f)
+{
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	__atomic_store_n(&f->j.used, 0, __ATOMIC_RELEASE);
+}
+
+static int sim_lock(struct sim_file *f)
+{
+	int rc = pthread_mutex_lock(&f->lock);
+
+	if (rc == EOWNERDEAD) {
+		/* The previous owner died mid-operation: undo it. */
+		jrollback(f);
+		f->recoveries++;
+		pthread_mutex_consistent(&f->lock);
+	} else if (rc) {
+		return -rc;
+	} else if (f->j.used) {
+		jrollback(f);
+		f->recoveries++;
+	}
+	crash_init();
+	return 0;
+}
+
+/* Commit or unwind, then unlock; returns rc for tail calls. */
+static int sim_unlock(struct sim_file *f, int rc)
+{
+	if (rc < 0)
+		jrollback(f);
+	else
+		jcommit(f);
+	pthread_mutex_unlock(&f->lock);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Caller credentials, read from the calling thread at each call. */
+
+static int has_cap(int bit)
+{
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct data[2];
+
+	if (syscall(SYS_capget, &hdr, data))
+		return 0;
+	if (!(data[bit / 32].effective & (1u << (bit % 32))))
+		return 0;
+	/* capable() asks about the initial user namespace; only a
+	 * single-threaded process can change it, so cache it per pid. */
+	static pid_t userns_pid;
+	static int userns_init;
+	pid_t me = getpid();
+	if (userns_pid != me) {
+		struct stat sb;
+		userns_init = stat("/proc/self/ns/user", &sb) != 0 ||
+			      sb.st_ino == PROC_USER_INIT_INO;
+		userns_pid = me;
+	}
+	return userns_init;
+}
+
+static uint32_t cur_netns(void)
+{
+	struct stat sb;
+
+	if (stat("/proc/thread-self/ns/net", &sb))
+		return 0;
+	return (uint32_t)sb.st_ino;
+}
+
+struct creds {
+	uint32_t euid, egid, netns;
+};
+
+static void get_creds(struct creds *c)
+{
+	c->euid = geteuid();
+	c->egid = getegid();
+	c->netns = cur_netns();
+}
+
+static uint64_t proc_starttime(pid_t pid)
+{
+	char path[64], buf[1024];
+	int fd;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	/* comm may hold spaces or ')': fields start after the last ')'. */
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return 0;
+	p += 2;
+	/* p is at field 3 (state); starttime is field 22 */
+	for (int field = 3; field < 22 && *p; p++)
+		if (*p == ' ')
+			field++;
+	return strtoull(p, NULL, 10);
+}
+
+static pid_t self_pid;
+static uint64_t self_start;
+
+static void self_identity(pid_t *pid, uint64_t *start)
+{
+	pid_t p = getpid();
+
+	if (p != self_pid) {	/* first call, or after fork */
+		self_start = proc_starttime(p);
+		self_pid = p;
+	}
+	*pid = self_pid;
+	*start = self_start;
+}
+
+static int owner_alive(const struct sim_lni *l)
+{
+	if (kill(l->pid, 0) && errno == ESRCH)
+		return 0;
+	return proc_starttime(l->pid) == l->starttime;
+}
+
+/* ------------------------------------------------------------------ */
+/* AC lists (cxi_ac_entry_list) */
+
+static int ac_has(const uint32_t *v, unsigned n, uint32_t x)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (v[i] == x)
+			return 1;
+	return 0;
+}
+
+/* Insert an entry of a member type; same errnos as the driver. */
+static int ac_insert(struct ac_list *ac, int type, uint32_t val)
+{
+	switch (type) {
+	case CXI_SVC_MEMBER_UID:
+		if (val == AC_INVALID)
+			return -EBADR;
+		if (ac_has(ac->uid, ac->nuid, val))
+			return -EEXIST;
+		if (ac->nuid >= CXI_SVC_MAX_MEMBERS)
+			return -ENOSPC;
+		ac->uid[ac->nuid++] = val;
+		return 0;
+	case CXI_SVC_MEMBER_GID:
+		if (val == AC_INVALID)
+			return -EBADR;
+		if (ac_has(ac->gid, ac->ngid, val))
+			return -EEXIST;
+		if (ac->ngid >= CXI_SVC_MAX_MEMBERS)
+			return -ENOSPC;
+		ac->gid[ac->ngid++] = val;
+		return 0;
+	case CXI_SVC_MEMBER_NET_NS:
+		if (val == AC_INVALID)
+			return -EBADR;
+		if (ac_has(ac->netns, ac->nnetns, val))
+			return -EEXIST;
+		if (ac->nnetns >= MAX_NETNS)
+			return -ENOSPC;
+		ac->netns[ac->nnetns++] = val;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+/* cxi_ac_entry_list_retrieve_by_user: uid, gid, netns (if any), open. */
+static int ac_grants(const struct ac_list *ac, const struct creds *c)
+{
+	if (ac_has(ac->uid, ac->nuid, c->euid))
+		return 1;
+	if (ac_has(ac->gid, ac->ngid, c->egid))
+		return 1;
+	if (ac->nnetns && ac_has(ac->netns, ac->nnetns, c->netns))
+		return 1;
+	return ac->open;
+}
+
+/* The member ACs of a descriptor (alloc step 4 / profile ACs of step 5). */
+static int ac_from_members(struct ac_list *ac, const struct cxi_svc_desc *d)
+{
+	memset(ac, 0, sizeof(*ac));
+	if (!d->restricted_members) {
+		ac->open = 1;
+		return 0;
+	}
+	for (int i = 0; i < CXI_SVC_MAX_MEMBERS; i++) {
+		int type = d->members[i].type;
+		if (type == CXI_SVC_MEMBER_IGNORE)
+			continue;
+		int rc = ac_insert(ac, type, d->members[i].svc_member.uid);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* State helpers (caller holds the lock) */
+
+static struct sim_svc *svc_get(struct sim_state *st, unsigned int id)
+{
+	if (id < 1 || id > MAX_SVC || id > st->svc_hw)
+		return NULL;
+	struct sim_svc *s = &st->svc[id - 1];
+	return s->used ? s : NULL;
+}
+
+static int profiles_overlap(uint16_t m1, uint16_t i1, uint16_t m2, uint16_t i2)
+{
+	return ((m1 ^ m2) & (uint16_t)~(i1 | i2)) == 0;
+}
+
+static int prof_conflict(struct sim_state *st, uint16_t match, uint16_t ignore)
+{
+	for (uint32_t i = 0; i < st->prof_hw; i++) {
+		struct sim_prof *p = &st->prof[i];
+		if (p->used && profiles_overlap(p->match, p->ignore, match, ignore))
+			return 1;
+	}
+	return 0;
+}
+
+/* Create a TX/RX profile pair (disabled), -EEXIST on overlap. */
+static int prof_create(struct sim_file *f, uint16_t match, uint16_t ignore,
+		       uint32_t owner)
+{
+	struct sim_state *st = &f->st;
+	uint32_t i;
+
+	if (prof_conflict(st, match, ignore))
+		return -EEXIST;
+	for (i = 0; i < MAX_PROF; i++)
+		if (!st->prof[i].used)
+			break;
+	if (i == MAX_PROF)
+		return -ENOSPC;
+	if (i >= st->prof_hw) {
+		J(f, &st->prof_hw);
+		st->prof_hw = i + 1;
+	}
+	struct sim_prof *p = &st->prof[i];
+	J(f, p);
+	memset(p, 0, sizeof(*p));
+	p->used = 1;
+	p->match = match;
+	p->ignore = ignore;
+	p->owner = owner;
+	return (int)i;
+}
+
+static int prof_enable(struct sim_file *f, struct sim_prof *p)
+{
+	if (p->enabled)
+		return 0;
+	if (f->st.rmu_used >= RMU_ENTRIES)
+		return -ENOSPC;
+	J(f, &f->st.rmu_used);
+	f->st.rmu_used++;
+	J(f, p);
+	p->enabled = 1;
+	return 0;
+}
+
+static void prof_disable(struct sim_file *f, struct sim_prof *p)
+{
+	if (!p->enabled)
+		return;
+	J(f, &f->st.rmu_used);
+	f->st.rmu_used--;
+	J(f, p);
+	p->enabled = 0;
+}
+
+static void prof_free(struct sim_file *f, int idx)
+{
+	struct sim_prof *p = &f->st.prof[idx];
+
+	prof_disable(f, p);
+	J(f, p);
+	memset(p, 0, sizeof(*p));
+}
+
+static uint8_t tc_mask_of(const struct cxi_svc_desc *d)
+{
+	if (!d->restricted_tcs)
+		return (1u << CXI_TC_MAX) - 1;
+	uint8_t m = 0;
+	for (int t = 0; t < CXI_TC_MAX; t++)
+		if (d->tcs[t])
+			m |= 1u << t;
+	return m;
+}
+
+/* Profile ACs mirror the members; NET_NS members carry their value (d.4). */
+static int svc_add_profile(struct sim_file *f, struct sim_svc *s, int slot,
+			   uint16_t match, uint16_t ignore, int with_netns_members)
+{
+	int idx = prof_create(f, match, ignore, s->desc.svc_id);
+	if (idx < 0)
+		return idx;
+	struct sim_prof *p = &f->st.prof[idx];
+	int rc = ac_from_members(&p->ac, &s->desc);
+	if (rc)
+		return rc;
+	if (!with_netns_members)
+		p->ac.nnetns = 0;
+	p->tc_mask = tc_mask_of(&s->desc);
+	J(f, &s->prof[slot]);
+	s->prof[slot] = idx;
+	return 0;
+}
+
+/* Resource reservation (reserve_rsrcs), with fail_info as the driver fills it. */
+static int svc_reserve(struct sim_file *f, struct sim_svc *s,
+		       struct cxi_svc_fail_info *fi)
+{
+	struct sim_state *st = &f->st;
+	struct cxi_rsrc_limits *lim = &s->desc.limits;
+	static const int order[] = { CXI_RSRC_TYPE_PTE, CXI_RSRC_TYPE_TXQ,
+		CXI_RSRC_TYPE_TGQ, CXI_RSRC_TYPE_EQ, CXI_RSRC_TYPE_CT,
+		CXI_RSRC_TYPE_LE, CXI_RSRC_TYPE_AC };
+	static const int rorder[] = { CXI_RSRC_TYPE_PTE, CXI_RSRC_TYPE_TXQ,
+		CXI_RSRC_TYPE_TGQ, CXI_RSRC_TYPE_EQ, CXI_RSRC_TYPE_CT,
+		CXI_RSRC_TYPE_LE, CXI_RSRC_TYPE_TLE, CXI_RSRC_TYPE_AC };
+
+	if (!s->desc.resource_limits) {
+		for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++) {
+			lim->type[t].max = dev_totals[t];
+			lim->type[t].res = 0;
+		}
+	}
+	if (s->desc.svc_id != CXI_DEFAULT_SVC_ID &&
+	    (lim->tles.max || lim->tles.res)) {
+		if (lim->tles.res < MIN_POOL_TLES)
+			lim->tles.res = MIN_POOL_TLES;
+		lim->tles.max = lim->tles.res;
+	}
+	for (unsigned k = 0; k < sizeof(order) / sizeof(order[0]); k++) {
+		int t = order[k];
+		if (!lim->type[t].max && !lim->type[t].res)
+			continue;
+		uint16_t shared = dev_totals[t] - st->reserved[t];
+		fi->rsrc_avail[t] = shared;
+		if (lim->type[t].res > shared)
+			return -ENOSPC;
+	}
+	J(f, &st->reserved);
+	J(f, &st->tle_pools);
+	J(f, &st->le_pools);
+	for (unsigned k = 0; k < sizeof(rorder) / sizeof(rorder[0]); k++) {
+		int t = rorder[k];
+		if (!lim->type[t].max && !lim->type[t].res)
+			continue;
+		if (t == CXI_RSRC_TYPE_TLE &&
+		    lim->tles.res > dev_totals[t] - st->reserved[t])
+			return -ENOSPC;
+		st->reserved[t] += lim->type[t].res;
+		if (t == CXI_RSRC_TYPE_LE) {
+			int p;
+			for (p = 0; p < NUM_LE_POOLS; p++)
+				if (!(st->le_pools & (1u << p)))
+					break;
+			if (p == NUM_LE_POOLS) {
+				fi->no_le_pools = 1;
+				return -ENOSPC;
+			}
+			st->le_pools |= 1u << p;
+			s->le_pool = p;
+		} else if (t == CXI_RSRC_TYPE_TLE) {
+			int p;
+			for (p = 0; p < NUM_TLE_POOLS; p++)
+				if (!(st->tle_pools & (1u << p)))
+					break;
+			if (p == NUM_TLE_POOLS) {
+				fi->no_tle_pools = 1;
+				return -ENOSPC;
+			}
+			st->tle_pools |= 1u << p;
+			s->tle_pool = p;
+		}
+	}
+	return 0;
+}
+
+static void svc_unreserve(struct sim_file *f, struct sim_svc *s)
+{
+	struct sim_state *st = &f->st;
+
+	J(f, &st->reserved);
+	J(f, &st->tle_pools);
+	J(f, &st->le_pools);
+	for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++)
+		st->reserved[t] -= s->desc.limits.type[t].res;
+	if (s->le_pool >= 0)
+		st->le_pools &= ~(1u << s->le_pool);
+	if (s->tle_pool >= 0)
+		st->tle_pools &= ~(1u << s->tle_pool);
+}
+
+/* Enable/disable the rgroup and profiles (cxi_svc_enable); caller journals s. */
+static int svc_set_enabled(struct sim_file *f, struct sim_svc *s, int enable)
+{
+	if (!enable) {
+		s->enabled = 0;
+		s->desc.enable = 0;
+		for (int i = 0; i < CXI_SVC_MAX_VNIS; i++)
+			if (s->prof[i] >= 0)
+				prof_disable(f, &f->st.prof[s->prof[i]]);
+		return 0;
+	}
+	s->enabled = 1;
+	s->desc.enable = 1;
+	for (int i = 0; i < s->desc.num_vld_vnis && i < CXI_SVC_MAX_VNIS; i++) {
+		int rc;
+		if (s->prof[i] < 0)
+			rc = -EINVAL;
+		else
+			rc = prof_enable(f, &f->st.prof[s->prof[i]]);
+		if (rc) {
+			svc_set_enabled(f, s, 0);
+			return rc;
+		}
+	}
+	return 0;
+}
+
+static int validate_desc(const struct cxi_svc_desc *d)
+{
+	if (d->restricted_vnis) {
+		if (d->num_vld_vnis > CXI_SVC_MAX_VNIS)
+			return -EINVAL;
+		for (int i = 0; i < d->num_vld_vnis; i++)
+			if (d->vnis[i] == 0)
+				return -EINVAL;
+	}
+	if (d->restricted_members) {
+		for (int i = 0; i < CXI_SVC_MAX_MEMBERS; i++)
+			if ((unsigned)d->members[i].type >= CXI_SVC_MEMBER_MAX)
+				return -EINVAL;
+	}
+	if (d->resource_limits) {
+		for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++)
+			if (d->limits.type[t].max < d->limits.type[t].res ||
+			    d->limits.type[t].max > dev_totals[t])
+				return -EINVAL;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* LNI reaping: the kernel frees an LNI when its fd closes. */
+
+static void child_free(struct sim_file *f, int idx)
+{
+	struct sim_child *c = &f->st.child[idx];
+
+	if (c->prof >= 0) {
+		struct sim_prof *p = &f->st.prof[c->prof];
+		J(f, p);
+		p->refs--;
+		if (!p->refs && p->owner == 0)
+			prof_free(f, c->prof);
+	}
+	J(f, c);
+	memset(c, 0, sizeof(*c));
+}
+
+static void lni_free(struct sim_file *f, int idx)
+{
+	struct sim_state *st = &f->st;
+	struct sim_lni *l = &st->lni[idx];
+	struct sim_svc *s = svc_get(st, l->svc_id);
+
+	for (uint32_t i = 0; i < st->child_hw && l->nchild; i++) {
+		if (st->child[i].used && st->child[i].lni == idx) {
+			child_free(f, i);
+			J(f, l);
+			l->nchild--;
+		}
+	}
+	if (s) {
+		J(f, s);
+		s->nlni--;
+		/* ceil(nlni / lpr) RGIDs; lpr 0 behaves as 1 */
+		uint32_t lpr = s->lpr ? s->lpr : 1;
+		uint32_t need = (s->nlni + lpr - 1) / lpr;
+		if (need < s->nrgid) {
+			J(f, &st->rgids_used);
+			st->rgids_used -= s->nrgid - need;
+			s->nrgid = need;
+		}
+	}
+	J(f, l);
+	memset(l, 0, sizeof(*l));
+}
+
+/* Release LNIs of dead processes (of one service, or all with svc_id 0).
+ * Each release is committed on its own: it is not part of the caller's op. */
+static void reap_dead(struct sim_file *f, unsigned int svc_id)
+{
+	struct sim_state *st = &f->st;
+
+	if (f->j.used)
+		return;	/* only at the start of an operation */
+	for (uint32_t i = 0; i < st->lni_hw; i++) {
+		struct sim_lni *l = &st->lni[i];
+		if (!l->used || (svc_id && l->svc_id != svc_id))
+			continue;
+		if (owner_alive(l))
+			continue;
+		lni_free(f, i);
+		J(f, &st->reaped_lnis);
+		st->reaped_lnis++;
+		jcommit(f);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* State files */
+
+static const char *root_dir(void)
+{
+	const char *r = getenv("PYCXI_SIM_ROOT");
+	return (r && *r) ? r : PYCXI_SIM_DEFAULT_ROOT;
+}
+
+const char *pycxi_sim_root(void)
+{
+	return root_dir();
+}
+
+static void dev_path(char *buf, size_t len, unsigned int dev_id)
+{
+	snprintf(buf, len, "%s/cxi%u", root_dir(), dev_id);
+}
+
+static int mkdir_p(const char *path)
+{
+	char tmp[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n >= sizeof(tmp))
+		return -ENAMETOOLONG;
+	memcpy(tmp, path, n + 1);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p == '/') {
+			*p = 0;
+			if (mkdir(tmp, 0755) && errno != EEXIST)
+				return -errno;
+			*p = '/';
+		}
+	}
+	if (mkdir(tmp, 0755) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* The default service, created through the normal path at "probe". */
+static void init_default_svc(struct sim_file *f)
+{
+	struct sim_state *st = &f->st;
+	struct sim_svc *s = &st->svc[0];
+	struct cxi_svc_fail_info fi;
+
+	memset(&fi, 0, sizeof(fi));
+	st->svc_hw = 1;
+	s->used = 1;
+	s->tle_pool = -1;
+	s->le_pool = -1;
+	s->lpr = 1;
+	s->seq = ++st->seq;
+	for (int i = 0; i < CXI_SVC_MAX_VNIS; i++)
+		s->prof[i] = -1;
+	s->desc.svc_id = CXI_DEFAULT_SVC_ID;
+	s->desc.resource_limits = 1;
+	s->desc.restricted_vnis = 1;
+	s->desc.num_vld_vnis = 2;
+	s->desc.vnis[0] = 1;
+	s->desc.vnis[1] = 10;
+	for (int t = 0; t < CXI_TC_ETH; t++)
+		s->desc.tcs[t] = 1;
+	for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++)
+		s->desc.limits.type[t].max = dev_totals[t];
+	s->desc.limits.tles.max = DEFAULT_SVC_TLES;
+	s->desc.limits.tles.res = DEFAULT_SVC_TLES;
+	s->ac.open = 1;
+	for (int i = 0; i < 2; i++)
+		svc_add_profile(f, s, i, s->desc.vnis[i], 0, 0);
+	svc_reserve(f, s, &fi);
+	/* disable_default_svc=1 (the module default): it stays disabled. */
+	jcommit(f);
+}
+
+static int create_device_file(unsigned int dev_id)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 64];
+	int rc = mkdir_p(root_dir());
+
+	if (rc)
+		return rc;
+	dev_path(path, sizeof(path), dev_id);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%lx", path, (int)getpid(),
+		 (unsigned long)pthread_self());
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+	if (fd < 0)
+		return -errno;
+	fchmod(fd, 0666);	/* like /dev/cxiN: any user may open it */
+	if (ftruncate(fd, sizeof(struct sim_file))) {
+		rc = -errno;
+		goto out;
+	}
+	struct sim_file *f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE,
+				  MAP_SHARED, fd, 0);
+	if (f == MAP_FAILED) {
+		rc = -errno;
+		goto out;
+	}
+	pthread_mutexattr_t a;
+	pthread_mutexattr_init(&a);
+	pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+	pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+	pthread_mutex_init(&f->lock, &a);
+	pthread_mutexattr_destroy(&a);
+	f->version = SIM_VERSION;
+	f->dev_id = dev_id;
+	init_default_svc(f);
+	__atomic_store_n(&f->magic, SIM_MAGIC, __ATOMIC_RELEASE);
+	munmap(f, sizeof(*f));
+	/* Publish atomically; a concurrent creator may have won. */
+	if (link(tmp, path) && errno != EEXIST)
+		rc = -errno;
+out:
+	close(fd);
+	unlink(tmp);
+	return rc;
+}
+
+static int count_devices(void)
+{
+	DIR *d = opendir(root_dir());
+	int n = 0;
+
+	if (!d)
+		return 0;
+	for (struct dirent *e; (e = readdir(d));) {
+		unsigned id;
+		char extra;
+		if (sscanf(e->d_name, "cxi%u%c", &id, &extra) == 1 &&
+		    id < PYCXI_SIM_MAX_DEVICES)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+/* Map device dev_id (cached per process; re-mapped after a reset). */
+static int sim_map(unsigned int dev_id, struct simdev **out)
+{
+	char path[PATH_MAX];
+	struct stat sb;
+	int rc = 0;
+
+	if (dev_id >= PYCXI_SIM_MAX_DEVICES)
+		return -ENOENT;
+	dev_path(path, sizeof(path), dev_id);
+	if (stat(path, &sb)) {
+		/* A machine with no device yet gets cxi0, like a loaded driver. */
+		if (errno != ENOENT || dev_id != 0 || count_devices() != 0)
+			return -ENOENT;
+		rc = create_device_file(0);
+		if (rc)
+			return rc == -EACCES ? -ENOENT : rc;
+		if (stat(path, &sb))
+			return -errno;
+	}
+	pthread_mutex_lock(&proc_lock);
+	struct simdev *sd = mapped[dev_id];
+	if (sd && sd->ino == sb.st_ino && sd->fsdev == sb.st_dev)
+		goto done;
+	/* Stale mappings are leaked deliberately: old handles may still use them. */
+	sd = calloc(1, sizeof(*sd));
+	if (!sd) {
+		rc = -ENOMEM;
+		goto done;
+	}
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		free(sd);
+		sd = NULL;
+		goto done;
+	}
+	sd->f = mmap(NULL, sizeof(struct sim_file), PROT_READ | PROT_WRITE,
+		     MAP_SHARED, fd, 0);
+	close(fd);
+	if (sd->f == MAP_FAILED || sd->f->magic != SIM_MAGIC ||
+	    sd->f->version != SIM_VERSION) {
+		if (sd->f != MAP_FAILED)
+			munmap(sd->f, sizeof(struct sim_file));
+		free(sd);
+		sd = NULL;
+		rc = -EIO;
+		goto done;
+	}
+	sd->ino = sb.st_ino;
+	sd->fsdev = sb.st_dev;
+	sd->dev_id = dev_id;
+	mapped[dev_id] = sd;
+done:
+	pthread_mutex_unlock(&proc_lock);
+	*out = sd;
+	return rc;
+}
+
+int pycxi_sim_reset(unsigned int ndev)
+{
+	char path[PATH_MAX];
+
+	if (ndev > PYCXI_SIM_MAX_DEVICES)
+		return -EINVAL;
+	for (unsigned i = 0; i < PYCXI_SIM_MAX_DEVICES; i++) {
+		dev_path(path, sizeof(path), i);
+		if (unlink(path) && errno != ENOENT)
+			return -errno;
+	}
+	for (unsigned i = 0; i < ndev; i++) {
+		int rc = create_device_file(i);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Device handles */
+
+static void fill_devinfo(struct cxil_devinfo *info, unsigned int dev_id)
+{
+	memset(info, 0, sizeof(*info));
+	info->dev_id = dev_id;
+	info->nid = 0x100 + dev_id;
+	info->pid_bits = PID_BITS;
+	info->pid_count = PID_COUNT;
+	info->pid_granule = 256;
+	snprintf(info->device_name, sizeof(info->device_name), "cxi%u", dev_id);
+	snprintf(info->driver_name, sizeof(info->driver_name), "pycxisim");
+	info->vendor_id = 0x17db;	/* Cray */
+	info->device_id = 0x0501;	/* Cassini 1 */
+	info->num_ptes = dev_totals[CXI_RSRC_TYPE_PTE];
+	info->num_txqs = dev_totals[CXI_RSRC_TYPE_TXQ];
+	info->num_tgqs = dev_totals[CXI_RSRC_TYPE_TGQ];
+	info->num_eqs = dev_totals[CXI_RSRC_TYPE_EQ];
+	info->num_cts = dev_totals[CXI_RSRC_TYPE_CT];
+	info->num_acs = dev_totals[CXI_RSRC_TYPE_AC];
+	info->num_tles = dev_totals[CXI_RSRC_TYPE_TLE];
+	info->num_les = dev_totals[CXI_RSRC_TYPE_LE];
+	info->link_mtu = 2112;
+	info->link_speed = 200000;
+	info->link_state = 1;
+	snprintf(info->fru_description, sizeof(info->fru_description), "pycxi-sim");
+}
+
+int cxil_open_device(uint32_t dev_id, struct cxil_dev **dev)
+{
+	struct simdev *sd;
+	int rc;
+
+	if (!dev)
+		return -EINVAL;
+	rc = sim_map(dev_id, &sd);
+	if (rc)
+		return rc;
+	struct sim_dev_handle *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	h->sd = sd;
+	fill_devinfo(&h->pub.info, dev_id);
+	*dev = &h->pub;
+	return 0;
+}
+
+static int lni_destroy_locked(struct sim_file *f, struct sim_lni_handle *lh);
+
+void cxil_close_device(struct cxil_dev *dev)
+{
+	if (!dev)
+		return;
+	struct sim_dev_handle *h = (struct sim_dev_handle *)dev;
+	struct sim_lni_handle *lh = h->lnis, *next;
+
+	/* Closing the fd releases the LNIs allocated through it. */
+	if (lh && sim_lock(h->sd->f) == 0) {
+		for (; lh; lh = lh->next)
+			lni_destroy_locked(h->sd->f, lh);
+		sim_unlock(h->sd->f, 0);
+	}
+	for (lh = h->lnis; lh; lh = next) {
+		next = lh->next;
+		lh->dev = NULL;	/* children may still point here: see destroy */
+	}
+	free(h);
+}
+
+int cxil_get_device_list(struct cxil_device_list **dev_list)
+{
+	unsigned int ids[PYCXI_SIM_MAX_DEVICES], n = 0;
+
+	if (!dev_list)
+		return -EINVAL;
+	for (unsigned i = 0; i < PYCXI_SIM_MAX_DEVICES; i++) {
+		struct simdev *sd;
+		if (sim_map(i, &sd) == 0)
+			ids[n++] = i;
+	}
+	struct cxil_device_list *l = calloc(1, sizeof(*l) +
+					    n * sizeof(struct cxil_devinfo));
+	if (!l)
+		return -ENOMEM;
+	l->count = n;
+	for (unsigned i = 0; i < n; i++)
+		fill_devinfo(&l->info[i], ids[i]);
+	*dev_list = l;
+	return 0;
+}
+
+void cxil_free_device_list(struct cxil_device_list *dev_list)
+{
+	free(dev_list);
+}
+
+/* ------------------------------------------------------------------ */
+/* Service API */
+
+#define DEV_FILE(dev) (((struct sim_dev_handle *)(dev))->sd->f)
+
+/* Common prologue of admin ops: dispatch() checks CAP_SYS_ADMIN. */
+static int admin_begin(struct cxil_dev *dev, struct sim_file **fp)
+{
+	if (!dev)
+		return -EINVAL;
+	if (!has_cap(CAP_BIT_SYS_ADMIN))
+		return -EPERM;
+	*fp = DEV_FILE(dev);
+	return sim_lock(*fp);
+}
+
+static int user_begin(struct cxil_dev *dev, struct sim_file **fp)
+{
+	if (!dev)
+		return -EINVAL;
+	*fp = DEV_FILE(dev);
+	return sim_lock(*fp);
+}
+
+int cxil_alloc_svc(struct cxil_dev *dev, const struct cxi_svc_desc *desc,
+		   struct cxi_svc_fail_info *fail_info)
+{
+	struct sim_file *f;
+	struct cxi_svc_fail_info fi;
+	int rc;
+
+	if (!desc)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	memset(&fi, 0, sizeof(fi));
+	struct sim_state *st = &f->st;
+
+	rc = validate_desc(desc);
+	if (rc)
+		goto out;
+
+	unsigned int id;
+	for (id = 1; id <= MAX_SVC; id++)
+		if (!st->svc[id - 1].used)
+			break;
+	if (id > MAX_SVC) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	if (id > st->svc_hw) {
+		J(f, &st->svc_hw);
+		st->svc_hw = id;
+	}
+	struct sim_svc *s = &st->svc[id - 1];
+	J(f, s);
+	memset(s, 0, sizeof(*s));
+	s->used = 1;
+	s->tle_pool = -1;
+	s->le_pool = -1;
+	s->lpr = 1;
+	for (int i = 0; i < CXI_SVC_MAX_VNIS; i++)
+		s->prof[i] = -1;
+	s->desc = *desc;
+	s->desc.svc_id = id;
+	s->desc.enable = 0;
+	J(f, &st->seq);
+	s->seq = ++st->seq;
+
+	rc = ac_from_members(&s->ac, &s->desc);
+	if (rc)
+		goto out;
+	if (s->desc.restricted_vnis) {
+		for (int i = 0; i < s->desc.num_vld_vnis; i++) {
+			rc = svc_add_profile(f, s, i, s->desc.vnis[i], 0, 1);
+			if (rc)
+				goto out;
+		}
+	}
+	rc = svc_reserve(f, s, &fi);
+	if (rc)
+		goto out;
+	if (s->desc.restricted_vnis) {
+		rc = svc_set_enabled(f, s, 1);
+		if (rc)
+			goto out;
+	}
+	rc = (int)id;
+out:
+	if (rc < 0 && fail_info)
+		*fail_info = fi;
+	return sim_unlock(f, rc);
+}
+
+/* Busy check with dead LNIs released first (the kernel's refcount > 1). */
+static int svc_busy(struct sim_file *f, struct sim_svc *s)
+{
+	if (s->nlni)
+		reap_dead(f, s->desc.svc_id);
+	return s->nlni ? -EBUSY : 0;
+}
+
+int cxil_destroy_svc(struct cxil_dev *dev, unsigned int svc_id)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (svc_id < 1)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_state *st = &f->st;
+	struct sim_svc *s = svc_get(st, svc_id);
+	if (svc_id == CXI_DEFAULT_SVC_ID || !s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	rc = svc_busy(f, s);
+	if (rc)
+		goto out;
+	J(f, s);
+	svc_set_enabled(f, s, 0);
+	svc_unreserve(f, s);
+	for (int i = 0; i < CXI_SVC_MAX_VNIS; i++) {
+		int idx = s->prof[i];
+		if (idx < 0)
+			continue;
+		struct sim_prof *p = &st->prof[idx];
+		if (p->refs) {
+			/* Held by a CP/domain of another service's LNI: it
+			 * survives, enabled, without ACs. */
+			J(f, p);
+			memset(&p->ac, 0, sizeof(p->ac));
+			p->owner = 0;
+			prof_enable(f, p);
+		} else {
+			prof_free(f, idx);
+		}
+	}
+	memset(s, 0, sizeof(*s));
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_update_svc(struct cxil_dev *dev, const struct cxi_svc_desc *desc,
+		    struct cxi_svc_fail_info *fail_info)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!desc)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s;
+	rc = validate_desc(desc);
+	if (rc)
+		goto out;
+	s = svc_get(&f->st, desc->svc_id);
+	if (!s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	rc = svc_busy(f, s);
+	if (rc)
+		goto out;
+	if (desc->resource_limits != s->desc.resource_limits) {
+		rc = -EINVAL;
+		goto out;
+	}
+	J(f, s);
+	rc = svc_set_enabled(f, s, desc->enable);
+	if (rc) {
+		/* The driver leaves the service disabled: keep that. */
+		jcommit(f);
+		goto out;
+	}
+	/* Only the stored descriptor changes: no ACs, profiles or TCs. */
+	s->desc.restricted_members = desc->restricted_members;
+	s->desc.restricted_vnis = desc->restricted_vnis;
+	s->desc.num_vld_vnis = desc->num_vld_vnis;
+	s->desc.restricted_tcs = desc->restricted_tcs;
+	s->desc.cntr_pool_id = desc->cntr_pool_id;
+	s->desc.enable = desc->enable;
+	memcpy(s->desc.tcs, desc->tcs, sizeof(desc->tcs));
+	memcpy(s->desc.vnis, desc->vnis, sizeof(desc->vnis));
+	memcpy(s->desc.members, desc->members, sizeof(desc->members));
+out:
+	if (rc < 0 && fail_info)
+		memset(fail_info, 0, sizeof(*fail_info));
+	return sim_unlock(f, rc);
+}
+
+int cxil_get_svc(struct cxil_dev *dev, unsigned int svc_id,
+		 struct cxi_svc_desc *svc_desc)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!svc_desc)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s)
+		rc = -EINVAL;
+	else
+		*svc_desc = s->desc;
+	return sim_unlock(f, rc);
+}
+
+/* Services in creation order (13.1). */
+static unsigned int svc_order(struct sim_state *st, unsigned int *ids)
+{
+	unsigned int n = 0;
+
+	for (uint32_t i = 0; i < st->svc_hw; i++)
+		if (st->svc[i].used)
+			ids[n++] = i + 1;
+	/* insertion sort by seq: lists are short and mostly ordered */
+	for (unsigned int i = 1; i < n; i++) {
+		unsigned int v = ids[i], k = i;
+		while (k && st->svc[ids[k - 1] - 1].seq > st->svc[v - 1].seq) {
+			ids[k] = ids[k - 1];
+			k--;
+		}
+		ids[k] = v;
+	}
+	return n;
+}
+
+int cxil_get_svc_list(struct cxil_dev *dev, struct cxil_svc_list **svc_list)
+{
+	struct sim_file *f;
+	static __thread unsigned int ids[MAX_SVC];
+	int rc;
+
+	if (!svc_list)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	unsigned int n = svc_order(&f->st, ids);
+	struct cxil_svc_list *l = malloc(sizeof(*l) + n * sizeof(struct cxi_svc_desc));
+	if (!l) {
+		rc = -ENOMEM;
+	} else {
+		l->count = n;
+		for (unsigned int i = 0; i < n; i++)
+			l->descs[i] = f->st.svc[ids[i] - 1].desc;
+		*svc_list = l;
+	}
+	return sim_unlock(f, rc);
+}
+
+void cxil_free_svc_list(struct cxil_svc_list *svc_list)
+{
+	free(svc_list);
+}
+
+static void fill_rsrc_use(struct sim_svc *s, struct cxi_rsrc_use *u)
+{
+	memset(u, 0, sizeof(*u));
+	u->svc_id = s->desc.svc_id;
+	u->tle_pool_id = s->tle_pool >= 0 ? (unsigned)s->tle_pool : 0;
+	/* No PTE/EQ/... objects are modelled: in_use stays 0, as 13.1
+	 * reports LE (PE0 software count) for services without objects. */
+}
+
+int cxil_get_svc_rsrc_use(struct cxil_dev *dev, unsigned int svc_id,
+			  struct cxi_rsrc_use *rsrcs)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!rsrcs)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s)
+		rc = -EINVAL;
+	else
+		fill_rsrc_use(s, rsrcs);
+	return sim_unlock(f, rc);
+}
+
+int cxil_get_svc_rsrc_list(struct cxil_dev *dev,
+			   struct cxil_svc_rsrc_list **rsrc_list)
+{
+	struct sim_file *f;
+	static __thread unsigned int ids[MAX_SVC];
+	int rc;
+
+	if (!rsrc_list)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	unsigned int n = svc_order(&f->st, ids);
+	struct cxil_svc_rsrc_list *l = malloc(sizeof(*l) + n * sizeof(struct cxi_rsrc_use));
+	if (!l) {
+		rc = -ENOMEM;
+	} else {
+		l->count = n;
+		for (unsigned int i = 0; i < n; i++)
+			fill_rsrc_use(&f->st.svc[ids[i] - 1], &l->rsrcs[i]);
+		*rsrc_list = l;
+	}
+	return sim_unlock(f, rc);
+}
+
+void cxil_free_svc_rsrc_list(struct cxil_svc_rsrc_list *rsrc_list)
+{
+	free(rsrc_list);
+}
+
+int cxil_svc_enable(struct cxil_dev *dev, unsigned int svc_id, bool enable)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || svc_id < 1)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	rc = svc_busy(f, s);
+	if (rc)
+		goto out;
+	J(f, s);
+	rc = svc_set_enabled(f, s, enable);
+	if (rc)
+		jcommit(f);	/* the failed enable leaves it disabled */
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_set_svc_lpr(struct cxil_dev *dev, unsigned int svc_id,
+		     unsigned int lnis_per_rgid)
+{
+	struct sim_file *f;
+	int rc;
+
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s;
+	if (lnis_per_rgid > MAX_LPR) {
+		rc = -EINVAL;
+		goto out;
+	}
+	/* enable_rgid_sharing defaults to true: nothing to skip. */
+	s = svc_get(&f->st, svc_id);
+	if (!s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	rc = svc_busy(f, s);
+	if (rc)
+		goto out;
+	J(f, s);
+	s->lpr = lnis_per_rgid;
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_get_svc_lpr(struct cxil_dev *dev, unsigned int svc_id)
+{
+	struct sim_file *f;
+	int rc = user_begin(dev, &f);
+
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	rc = s ? (int)s->lpr : -EINVAL;
+	return sim_unlock(f, rc);
+}
+
+int cxil_svc_set_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+			      bool exclusive_cp)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || svc_id < 1)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s || s->desc.restricted_vnis || s->prof[0] < 0) {
+		rc = -EINVAL;
+		goto out;
+	}
+	struct sim_prof *p = &f->st.prof[s->prof[0]];
+	if (p->enabled) {
+		rc = -EBUSY;
+		goto out;
+	}
+	J(f, p);
+	p->exclusive_cp = exclusive_cp;
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_svc_get_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+			      bool *exclusive_cp)
+{
+	struct sim_file *f;
+	int rc = user_begin(dev, &f);
+
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s)
+		rc = -EINVAL;
+	else if (s->prof[0] < 0)
+		rc = -ENOENT;
+	else if (exclusive_cp)
+		*exclusive_cp = f->st.prof[s->prof[0]].exclusive_cp;
+	return sim_unlock(f, rc);
+}
+
+static int vni_valid(unsigned int vni)
+{
+	return vni != 0 && vni <= 0xFFFF;
+}
+
+int cxil_svc_set_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+			   uint16_t vni_min, uint16_t vni_max)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || svc_id < 1)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	unsigned int size = (unsigned)vni_max - vni_min + 1;
+	if (!s || s->desc.restricted_vnis || !vni_valid(vni_min) ||
+	    !vni_valid(vni_max) || vni_max < vni_min ||
+	    (size & (size - 1)) || (vni_min % size)) {
+		rc = -EINVAL;
+		goto out;
+	}
+	if (s->prof[0] >= 0) {
+		/* A second range overlaps the service's own profile. */
+		rc = -EEXIST;
+		goto out;
+	}
+	J(f, s);
+	/* Range profiles get the member ACs but no netns entries (c.4). */
+	rc = svc_add_profile(f, s, 0, vni_min, (uint16_t)(size - 1), 0);
+	if (rc)
+		goto out;
+	s->desc.num_vld_vnis = 1;
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_svc_get_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+			   uint16_t *vni_min, uint16_t *vni_max)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || !vni_min || !vni_max || svc_id < 1)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s || s->desc.restricted_vnis || !s->desc.num_vld_vnis) {
+		rc = -EINVAL;
+	} else if (s->prof[0] < 0) {
+		rc = -ENOENT;
+	} else {
+		struct sim_prof *p = &f->st.prof[s->prof[0]];
+		*vni_min = p->match;
+		*vni_max = p->match + p->ignore;
+	}
+	return sim_unlock(f, rc);
+}
+
+int cxil_svc_set_netns(struct cxil_dev *dev, unsigned int svc_id,
+		       unsigned int netns)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || svc_id < 1)
+		return -EINVAL;
+	rc = admin_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	if (s->ac.nuid || s->ac.ngid || s->ac.open) {
+		rc = -EEXIST;
+		goto out;
+	}
+	if (s->enabled) {
+		rc = -EBUSY;
+		goto out;
+	}
+	J(f, s);
+	rc = ac_insert(&s->ac, CXI_SVC_MEMBER_NET_NS, netns);
+	if (rc)
+		goto out;
+	for (int j = 0; j < s->desc.num_vld_vnis && j < CXI_SVC_MAX_VNIS; j++) {
+		if (s->prof[j] < 0) {
+			/* The rgroup entry stays: the driver does not undo it. */
+			jcommit(f);
+			rc = -ENODATA;
+			goto out;
+		}
+		struct sim_prof *p = &f->st.prof[s->prof[j]];
+		J(f, p);
+		rc = ac_insert(&p->ac, CXI_SVC_MEMBER_NET_NS, netns);
+		if (rc) {
+			/* All profile ACs of the service are stripped. */
+			jrollback(f);
+			J(f, s);
+			ac_insert(&s->ac, CXI_SVC_MEMBER_NET_NS, netns);
+			for (int k = 0; k < CXI_SVC_MAX_VNIS; k++) {
+				if (s->prof[k] < 0)
+					continue;
+				struct sim_prof *q = &f->st.prof[s->prof[k]];
+				J(f, q);
+				memset(&q->ac, 0, sizeof(q->ac));
+			}
+			jcommit(f);
+			goto out;
+		}
+	}
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_svc_get_netns(struct cxil_dev *dev, unsigned int svc_id,
+		       unsigned int *netns)
+{
+	struct sim_file *f;
+	int rc;
+
+	if (!dev || !netns || svc_id < 1)
+		return -EINVAL;
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_svc *s = svc_get(&f->st, svc_id);
+	if (!s || !s->ac.nnetns) {
+		rc = -EINVAL;
+	} else {
+		unsigned int m = s->ac.netns[0];
+		for (int i = 1; i < s->ac.nnetns; i++)
+			if (s->ac.netns[i] < m)
+				m = s->ac.netns[i];
+		*netns = m;
+	}
+	return sim_unlock(f, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* LNIs, domains and CPs: where membership and VNIs are enforced. */
+
+int cxil_alloc_lni(struct cxil_dev *dev, struct cxil_lni **lni,
+		   unsigned int svc_id)
+{
+	struct sim_file *f;
+	struct creds c;
+	int rc;
+
+	if (!dev || !lni || svc_id == 0)
+		return -EINVAL;
+	get_creds(&c);
+	rc = user_begin(dev, &f);
+	if (rc)
+		return rc;
+	struct sim_state *st = &f->st;
+	struct sim_svc *s = svc_get(st, svc_id);
+	if (!s) {
+		rc = -EINVAL;
+		goto out;
+	}
+	if (!s->enabled) {
+		rc = -EKEYREVOKED;
+		goto out;
+	}
+	if (!ac_grants(&s->ac, &c)) {
+		rc = -EPERM;
+		goto out;
+	}
+	uint32_t lpr = s->lpr ? s->lpr : 1;
+	int new_rgid = s->nlni % lpr == 0;
+	if (new_rgid && st->rgids_used >= NUM_RGIDS) {
+		reap_dead(f, 0);
+		if (st->rgids_used >= NUM_RGIDS) {
+			rc = -ENOSPC;
+			goto out;
+		}
+	}
+	uint32_t i;
+	for (i = 0; i < MAX_LNI; i++)
+		if (!st->lni[i].used)
+			break;
+	if (i == MAX_LNI) {
+		rc = -ENOSPC;
+		goto out;
+	}
+	struct sim_lni_handle *lh = calloc(1, sizeof(*lh));
+	if (!lh) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (i >= st->lni_hw) {
+		J(f, &st->lni_hw);
+		st->lni_hw = i + 1;
+	}
+	J(f, &st->serial);
+	uint64_t serial = ++st->serial;
+	struct sim_lni *l = &st->lni[i];
+	J(f, l);
+	l->used = 1;
+	l->svc_id = svc_id;
+	l->nchild = 0;
+	l->serial = serial;
+	pid_t pid;
+	self_identity(&pid, &l->starttime);
+	l->pid = pid;
+	J(f, s);
+	s->nlni++;
+	if (new_rgid) {
+		s->nrgid++;
+		J(f, &st->rgids_used);
+		st->rgids_used++;
+	}
+	struct sim_dev_handle *h = (struct sim_dev_handle *)dev;
+	lh->pub.id = i;
+	lh->dev = h;
+	lh->idx = i;
+	lh->serial = serial;
+	lh->next = h->lnis;
+	h->lnis = lh;
+	*lni = &lh->pub;
+	rc = 0;
+out:
+	return sim_unlock(f, rc);
+}
+
+/* Caller holds the lock; the handle stays allocated until cxil_destroy_lni. */
+static int lni_destroy_locked(struct sim_file *f, struct sim_lni_handle *lh)
+{
+	struct sim_lni *l = &f->st.lni[lh->idx];
+
+	if (!l->used || l->serial != lh->serial)
+		return -EINVAL;	/* already released (reaped or closed) */
+	lni_free(f, lh->idx);
+	jcommit(f);
+	return 0;
+}
+
+int cxil_destroy_lni(struct cxil_lni *lni)
+{
+	if (!lni)
+		return -EINVAL;
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	if (lh->nchild)
+		return -EBUSY;
+	struct sim_dev_handle *h = lh->dev;
+	if (h) {
+		struct sim_file *f = h->sd->f;
+		int rc = sim_lock(f);
+		if (rc)
+			return rc;
+		rc = lni_destroy_locked(f, lh);
+		sim_unlock(f, 0);
+		if (rc)
+			return rc;
+		for (struct sim_lni_handle **pp = &h->lnis; *pp; pp = &(*pp)->next) {
+			if (*pp == lh) {
+				*pp = lh->next;
+				break;
+			}
+		}
+	}
+	free(lh);
+	return 0;
+}
+
+/* find_profile + get_profile (c.3): the profile granting vni to the caller. */
+static int get_profile(struct sim_file *f, unsigned int vni,
+		       const struct creds *c, int is_tx)
+{
+	struct sim_state *st = &f->st;
+	int matched = 0;
+
+	for (uint32_t i = 0; i < st->prof_hw; i++) {
+		struct sim_prof *p = &st->prof[i];
+		if (!p->used || !p->enabled)
+			continue;
+		if ((vni & (uint16_t)~p->ignore) != p->match)
+			continue;
+		matched = 1;
+		if (ac_grants(&p->ac, c))
+			return (int)i;
+	}
+	if (matched)
+		return -EPERM;
+	if (c->euid != 0)
+		return -ENOENT;
+	/* Root gets a private exact-VNI profile with a UID-0 entry. */
+	int idx = prof_create(f, (uint16_t)vni, 0, 0);
+	if (idx < 0)
+		return idx;
+	struct sim_prof *p = &st->prof[idx];
+	ac_insert(&p->ac, CXI_SVC_MEMBER_UID, 0);
+	p->tc_mask = (1u << CXI_TC_ETH) - 1;	/* TCs 0..3 */
+	(void)is_tx;
+	int rc = prof_enable(f, p);
+	return rc ? rc : idx;
+}
+
+static int child_add(struct sim_file *f, struct sim_lni_handle *lh, int kind,
+		     unsigned int vni, unsigned int pid, int prof,
+		     int32_t *idx_out, uint64_t *serial_out)
+{
+	struct sim_state *st = &f->st;
+	uint32_t i;
+
+	for (i = 0; i < MAX_CHILD; i++)
+		if (!st->child[i].used)
+			break;
+	if (i == MAX_CHILD)
+		return -ENOSPC;
+	if (i >= st->child_hw) {
+		J(f, &st->child_hw);
+		st->child_hw = i + 1;
+	}
+	J(f, &st->serial);
+	struct sim_child *ch = &st->child[i];
+	J(f, ch);
+	ch->used = 1;
+	ch->kind = kind;
+	ch->vni = (uint16_t)vni;
+	ch->pid = pid;
+	ch->lni = lh->idx;
+	ch->prof = prof;
+	ch->serial = ++st->serial;
+	if (prof >= 0) {
+		J(f, &st->prof[prof]);
+		st->prof[prof].refs++;
+	}
+	struct sim_lni *l = &st->lni[lh->idx];
+	J(f, l);
+	l->nchild++;
+	*idx_out = i;
+	*serial_out = ch->serial;
+	return 0;
+}
+
+/* The LNI record behind a handle, or -EINVAL if it was released. */
+static int lni_check(struct sim_file *f, struct sim_lni_handle *lh)
+{
+	struct sim_lni *l = &f->st.lni[lh->idx];
+	return (l->used && l->serial == lh->serial) ? 0 : -EINVAL;
+}
+
+int cxil_alloc_domain(struct cxil_lni *lni, unsigned int vni, unsigned int pid,
+		      struct cxil_domain **domain)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct creds c;
+	int rc;
+
+	if (!lni || !domain || !lh->dev)
+		return -EINVAL;
+	if (!vni_valid(vni))
+		return -EINVAL;
+	if (pid >= PID_COUNT && pid != C_PID_ANY)
+		return -EINVAL;
+	get_creds(&c);
+	struct sim_file *f = lh->dev->sd->f;
+	rc = sim_lock(f);
+	if (rc)
+		return rc;
+	struct sim_state *st = &f->st;
+	rc = lni_check(f, lh);
+	if (rc)
+		goto out;
+	int prof = get_profile(f, vni, &c, 0);
+	if (prof < 0) {
+		rc = prof;
+		goto out;
+	}
+	/* PIDs are per VNI on the device. */
+	static __thread uint8_t taken[PID_COUNT];
+	memset(taken, 0, sizeof(taken));
+	for (uint32_t i = 0; i < st->child_hw; i++) {
+		struct sim_child *ch = &st->child[i];
+		if (ch->used && ch->kind == CHILD_DOMAIN && ch->vni == vni)
+			taken[ch->pid] = 1;
+	}
+	if (pid == C_PID_ANY) {
+		for (pid = 0; pid < PID_COUNT && taken[pid]; pid++)
+			;
+		if (pid == PID_COUNT) {
+			rc = -ENOSPC;
+			goto out;
+		}
+	} else if (taken[pid]) {
+		rc = -EEXIST;
+		goto out;
+	}
+	struct sim_domain_handle *dh = calloc(1, sizeof(*dh));
+	if (!dh) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = child_add(f, lh, CHILD_DOMAIN, vni, pid, prof, &dh->idx, &dh->serial);
+	if (rc) {
+		free(dh);
+		goto out;
+	}
+	dh->pub.vni = vni;
+	dh->pub.pid = pid;
+	dh->lni = lh;
+	lh->nchild++;
+	*domain = &dh->pub;
+out:
+	return sim_unlock(f, rc);
+}
+
+static int child_destroy(struct sim_lni_handle *lh, int32_t idx, uint64_t serial)
+{
+	if (!lh->dev) {	/* device closed: the LNI and children are gone */
+		lh->nchild--;
+		return 0;
+	}
+	struct sim_file *f = lh->dev->sd->f;
+	int rc = sim_lock(f);
+	if (rc)
+		return rc;
+	struct sim_child *ch = &f->st.child[idx];
+	if (ch->used && ch->serial == serial) {
+		struct sim_lni *l = &f->st.lni[ch->lni];
+		child_free(f, idx);
+		J(f, l);
+		l->nchild--;
+	}
+	lh->nchild--;
+	return sim_unlock(f, 0);
+}
+
+int cxil_destroy_domain(struct cxil_domain *domain)
+{
+	if (!domain)
+		return -EINVAL;
+	struct sim_domain_handle *dh = (struct sim_domain_handle *)domain;
+	int rc = child_destroy(dh->lni, dh->idx, dh->serial);
+	if (rc == 0)
+		free(dh);
+	return rc;
+}
+
+int cxil_alloc_cp(struct cxil_lni *lni, unsigned int vni,
+		  enum cxi_traffic_class tc, enum cxi_traffic_class_type tc_type,
+		  struct cxi_cp **cp)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct creds c;
+	int rc, prof = -1;
+
+	if (!lni || !cp || !lh->dev)
+		return -EINVAL;
+	if ((unsigned)tc >= 8 || (unsigned)tc_type >= CXI_TC_TYPE_MAX)
+		return -EINVAL;
+	get_creds(&c);
+	struct sim_file *f = lh->dev->sd->f;
+	rc = sim_lock(f);
+	if (rc)
+		return rc;
+	rc = lni_check(f, lh);
+	if (rc)
+		goto out;
+	if ((unsigned)tc >= CXI_TC_ETH) {
+		if (vni > 7) {
+			rc = -EINVAL;
+			goto out;
+		}
+		if (!has_cap(CAP_BIT_NET_RAW)) {
+			rc = -EPERM;
+			goto out;
+		}
+	} else {
+		if (!vni_valid(vni)) {
+			rc = -EINVAL;
+			goto out;
+		}
+		prof = get_profile(f, vni, &c, 1);
+		if (prof < 0) {
+			rc = prof;
+			goto out;
+		}
+		if (!(f->st.prof[prof].tc_mask & (1u << tc))) {
+			rc = -EINVAL;
+			goto out;
+		}
+	}
+	struct sim_cp_handle *ch = calloc(1, sizeof(*ch));
+	if (!ch) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = child_add(f, lh, CHILD_CP, vni, 0, prof, &ch->idx, &ch->serial);
+	if (rc) {
+		free(ch);
+		goto out;
+	}
+	ch->pub.vni = vni;
+	ch->pub.tc = tc;
+	ch->pub.tc_type = tc_type;
+	ch->pub.lcid = (unsigned)ch->idx % 16;
+	ch->lni = lh;
+	lh->nchild++;
+	*cp = &ch->pub;
+out:
+	return sim_unlock(f, rc);
+}
+
+int cxil_destroy_cp(struct cxi_cp *cp)
+{
+	if (!cp)
+		return -EINVAL;
+	struct sim_cp_handle *ch = (struct sim_cp_handle *)cp;
+	int rc = child_destroy(ch->lni, ch->idx, ch->serial);
+	if (rc == 0)
+		free(ch);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Simulator extras */
+
+int pycxi_sim_get_status(unsigned int dev_id, struct pycxi_sim_status *out)
+{
+	struct simdev *sd;
+	int rc = sim_map(dev_id, &sd);
+
+	if (rc)
+		return rc;
+	struct sim_file *f = sd->f;
+	rc = sim_lock(f);
+	if (rc)
+		return rc;
+	reap_dead(f, 0);
+	struct sim_state *st = &f->st;
+	memset(out, 0, sizeof(*out));
+	for (uint32_t i = 0; i < st->svc_hw; i++) {
+		if (!st->svc[i].used)
+			continue;
+		out->services++;
+		out->enabled_services += st->svc[i].enabled;
+	}
+	for (uint32_t i = 0; i < st->lni_hw; i++)
+		out->lnis += st->lni[i].used;
+	for (uint32_t i = 0; i < st->prof_hw; i++)
+		out->profiles += st->prof[i].used;
+	out->rmu_used = st->rmu_used;
+	out->rgids_used = st->rgids_used;
+	out->tle_pools_used = __builtin_popcount(st->tle_pools);
+	out->le_pools_used = __builtin_popcount(st->le_pools);
+	out->reaped_lnis = st->reaped_lnis;
+	out->recoveries = f->recoveries;
+	memcpy(out->reserved, st->reserved, sizeof(out->reserved));
+	return sim_unlock(f, 0);
+}
+
+#define CHECK(cond, ...) do { if (!(cond)) { \
+	snprintf(msg, len, __VA_ARGS__); rc = -EUCLEAN; goto out; } } while (0)
+
+int pycxi_sim_check(unsigned int dev_id, char *msg, size_t len)
+{
+	struct simdev *sd;
+	int rc = sim_map(dev_id, &sd);
+
+	if (rc)
+		return rc;
+	struct sim_file *f = sd->f;
+	rc = sim_lock(f);
+	if (rc)
+		return rc;
+	struct sim_state *st = &f->st;
+	uint32_t reserved[CXI_RSRC_TYPE_MAX] = { 0 };
+	uint16_t tle = 0, le = 0;
+	uint32_t rmu = 0, rgids = 0;
+	static __thread uint32_t refs[MAX_PROF], lnis[MAX_SVC], kids[MAX_LNI];
+
+	memset(refs, 0, sizeof(refs));
+	memset(lnis, 0, sizeof(lnis));
+	memset(kids, 0, sizeof(kids));
+	if (msg && len)
+		msg[0] = 0;
+	CHECK(f->j.used == 0, "journal not empty");
+	CHECK(svc_get(st, CXI_DEFAULT_SVC_ID) != NULL, "default service missing");
+	for (uint32_t i = 0; i < st->child_hw; i++) {
+		struct sim_child *c = &st->child[i];
+		if (!c->used)
+			continue;
+		CHECK(c->lni >= 0 && st->lni[c->lni].used, "child %u: no LNI", i);
+		kids[c->lni]++;
+		if (c->prof >= 0) {
+			CHECK(st->prof[c->prof].used, "child %u: no profile", i);
+			refs[c->prof]++;
+		}
+	}
+	for (uint32_t i = 0; i < st->lni_hw; i++) {
+		struct sim_lni *l = &st->lni[i];
+		if (!l->used)
+			continue;
+		CHECK(svc_get(st, l->svc_id), "LNI %u: no service %u", i, l->svc_id);
+		CHECK(kids[i] == l->nchild, "LNI %u: nchild %u != %u", i,
+		      l->nchild, kids[i]);
+		lnis[l->svc_id - 1]++;
+	}
+	for (uint32_t i = 0; i < st->svc_hw; i++) {
+		struct sim_svc *s = &st->svc[i];
+		if (!s->used)
+			continue;
+		CHECK(s->desc.svc_id == i + 1, "svc %u: id %u", i + 1, s->desc.svc_id);
+		CHECK(s->nlni == lnis[i], "svc %u: nlni %u != %u", i + 1, s->nlni, lnis[i]);
+		uint32_t lpr = s->lpr ? s->lpr : 1;
+		CHECK(s->nrgid == (s->nlni + lpr - 1) / lpr, "svc %u: rgids", i + 1);
+		rgids += s->nrgid;
+		for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++) {
+			reserved[t] += s->desc.limits.type[t].res;
+			CHECK(s->desc.limits.type[t].res <= s->desc.limits.type[t].max,
+			      "svc %u: res > max", i + 1);
+		}
+		if (s->tle_pool >= 0) {
+			CHECK(!(tle & (1u << s->tle_pool)), "TLE pool %d shared", s->tle_pool);
+			tle |= 1u << s->tle_pool;
+		}
+		if (s->le_pool >= 0) {
+			CHECK(!(le & (1u << s->le_pool)), "LE pool %d shared", s->le_pool);
+			le |= 1u << s->le_pool;
+		}
+		CHECK(s->desc.enable == s->enabled, "svc %u: enable bit", i + 1);
+		for (int k = 0; k < CXI_SVC_MAX_VNIS; k++) {
+			if (s->prof[k] < 0)
+				continue;
+			struct sim_prof *p = &st->prof[s->prof[k]];
+			CHECK(p->used && p->owner == i + 1, "svc %u: profile %d", i + 1, s->prof[k]);
+			if (k < s->desc.num_vld_vnis)
+				CHECK(p->enabled == s->enabled, "svc %u: profile %d state",
+				      i + 1, s->prof[k]);
+		}
+	}
+	for (uint32_t i = 0; i < st->prof_hw; i++) {
+		struct sim_prof *p = &st->prof[i];
+		if (!p->used)
+			continue;
+		CHECK(p->refs == refs[i], "profile %u: refs %u != %u", i, p->refs, refs[i]);
+		CHECK(p->owner == 0 || svc_get(st, p->owner), "profile %u: owner", i);
+		rmu += p->enabled;
+		for (uint32_t k = i + 1; k < st->prof_hw; k++)
+			CHECK(!st->prof[k].used || !profiles_overlap(p->match, p->ignore,
+				st->prof[k].match, st->prof[k].ignore),
+			      "profiles %u and %u overlap", i, k);
+	}
+	for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++)
+		CHECK(reserved[t] == st->reserved[t], "reserved[%d] %u != %u", t,
+		      st->reserved[t], reserved[t]);
+	CHECK(tle == st->tle_pools, "TLE pool bitmap");
+	CHECK(le == st->le_pools, "LE pool bitmap");
+	CHECK(rmu == st->rmu_used, "RMU count %u != %u", st->rmu_used, rmu);
+	CHECK(rgids == st->rgids_used, "RGID count %u != %u", st->rgids_used, rgids);
+out:
+	pthread_mutex_unlock(&f->lock);
+	return rc;
+}
