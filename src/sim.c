@@ -1568,8 +1568,9 @@ int cxil_svc_set_vni_range(struct cxil_dev *dev, unsigned int svc_id,
 		goto out;
 	}
 	J(f, s);
-	/* Range profiles get the member ACs but no netns entries (c.4). */
-	rc = svc_add_profile(f, s, 0, vni_min, (uint16_t)(size - 1), 0);
+	/* Range profiles get the member ACs (NET_NS members included, d.4) but
+	 * not the entries set_netns added (c.4). */
+	rc = svc_add_profile(f, s, 0, vni_min, (uint16_t)(size - 1), 1);
 	if (rc)
 		goto out;
 	s->desc.num_vld_vnis = 1;

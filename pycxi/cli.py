@@ -1,0 +1,537 @@
+"""``pycxi``: CXI services from the shell, after HPE's ``cxi_service`` tool.
+
+    pycxi [-d DEV] svc list [--json] [-v]
+    pycxi [-d DEV] svc show ID [--json]
+    pycxi [-d DEV] svc create (--yaml FILE | --vni N ... | --vni-range LO-HI) [--uid N] [--gid N]
+                              [--netns PATH|INODE] [--tc NAME] [--limit TYPE=MAX:RES] [--exclusive-cp]
+    pycxi [-d DEV] svc delete ID | enable ID | disable ID | rsrc [ID] [--json]
+    pycxi [-d DEV] svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
+    pycxi [-d DEV] svc set-netns ID NETNS
+    pycxi [-d DEV] access-check --svc ID [--vni N] [--tc NAME]
+    pycxi sim status [--json] [--check] | sim reset [--devices N]
+    pycxi vni alloc KEY | release KEY | list [--json]
+
+Errors are one line on stderr naming the errno; the exit status is non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
+
+PROG = "pycxi"
+
+
+# -- argument helpers -------------------------------------------------------
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _svc_id(text: str) -> int:
+    v = _int(text)
+    if not 1 <= v <= 0x7FFFFFFF:
+        raise argparse.ArgumentTypeError(f"service ID {v} out of range 1..2147483647")
+    return v
+
+
+def _vni_range(text: str):
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected LO-HI, got {text!r}")
+    return _int(lo), _int(hi)
+
+
+def _limit(text: str):
+    """TYPE=MAX:RES, e.g. TLE=0:0 or LEs=16:16."""
+    name, sep, rest = text.partition("=")
+    mx, sep2, res = rest.partition(":")
+    if not sep or not sep2:
+        raise argparse.ArgumentTypeError(f"expected TYPE=MAX:RES, got {text!r}")
+    return name, (_int(mx), _int(res))
+
+
+def netns_arg(text: str) -> int:
+    """A netns given as an inode number or as a path (/run/netns/x, /proc/PID/ns/net)."""
+    from pycxi.netns import netns_inode
+
+    if text.isdigit():
+        return int(text)
+    try:
+        return netns_inode(text)
+    except OSError as e:
+        raise CxiLibError(e.errno or 2, "stat", detail=f"netns {text}") from None
+
+
+# -- the HPE YAML template --------------------------------------------------
+def _pairs(node) -> List:
+    """A YAML mapping as (key, value-node) pairs: the template repeats keys (vni: N)."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        raise CxiUserError("Unexpected event while processing yaml: expected a mapping")
+    return [(k.value, v) for k, v in node.value]
+
+
+def _scalar_int(node, key: str) -> int:
+    import yaml
+
+    if not isinstance(node, yaml.ScalarNode):
+        raise CxiUserError(f"Invalid value for '{key}'")
+    try:
+        return int(node.value, 0)
+    except ValueError:
+        raise CxiUserError(f"Invalid value for '{key}': {node.value!r}") from None
+
+
+def desc_from_yaml(text: str) -> Dict[str, Any]:
+    """Parse ``cxi_service_template.yaml`` (with member type ``netns``).
+
+    Returns the keyword arguments of :func:`build_service` plus the flags.
+    """
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise CxiUserError(f"invalid YAML: {str(e).splitlines()[0]}") from None
+    if root is None:
+        raise CxiUserError("empty YAML file")
+    out: Dict[str, Any] = {"vnis": None, "vni_range": None, "uids": [], "gids": [], "netns": None,
+                           "tcs": None, "limits": None, "exclusive_cp": False,
+                           "restricted_members": None, "restricted_vnis": None,
+                           "restricted_tcs": None, "resource_limits": None}
+    vni_min = vni_max = None
+    for key, node in _pairs(root):
+        if key in ("resource_limits", "restricted_members", "restricted_vnis", "restricted_tcs",
+                   "exclusive_cp"):
+            v = _scalar_int(node, key)
+            if v not in (0, 1):
+                raise CxiUserError(f"Invalid value for '{key}'")
+            out[key] = bool(v)
+        elif key == "limits":
+            if not isinstance(node, yaml.SequenceNode):
+                raise CxiUserError("Unexpected event while processing yaml: limits")
+            limits = {}
+            for item in node.value:
+                fields = dict((k, v) for k, v in _pairs(item))
+                if "name" not in fields:
+                    raise CxiUserError("limits entry without a name")
+                limits[fields["name"].value] = (
+                    _scalar_int(fields["max"], "max") if "max" in fields else 0,
+                    _scalar_int(fields["res"], "res") if "res" in fields else 0)
+            out["limits"] = limits
+        elif key == "vnis":
+            for k, v in _pairs(node):
+                if k == "vni":
+                    if vni_min is not None or vni_max is not None:
+                        raise CxiUserError("vni list/range already specified")
+                    out["vnis"] = (out["vnis"] or []) + [_scalar_int(v, "vni")]
+                    if len(out["vnis"]) > 4:
+                        raise CxiUserError("Too many VNIs provided")
+                elif k in ("vni_min", "vni_max"):
+                    if out["vnis"]:
+                        raise CxiUserError("vni list/range already specified")
+                    if k == "vni_min":
+                        vni_min = _scalar_int(v, k)
+                    else:
+                        vni_max = _scalar_int(v, k)
+                else:
+                    raise CxiUserError(f"Unexpected event while processing yaml: vnis.{k}")
+        elif key == "members":
+            if not isinstance(node, yaml.SequenceNode):
+                raise CxiUserError("Unexpected event while processing yaml: members")
+            if len(node.value) > 2:
+                raise CxiUserError("Too many Service 'Members' provided")
+            for item in node.value:
+                fields = dict((k, v) for k, v in _pairs(item))
+                mtype = fields.get("type")
+                if mtype is None or mtype.value not in ("uid", "gid", "netns"):
+                    raise CxiUserError(f"Invalid input for Service Member 'type' "
+                                       f"{getattr(mtype, 'value', None)}")
+                if "id" not in fields:
+                    raise CxiUserError("Service Member without an 'id'")
+                ident = _scalar_int(fields["id"], "id")
+                if mtype.value == "netns":
+                    out["netns"] = ident
+                else:
+                    out[mtype.value + "s"].append(ident)
+        elif key == "tcs":
+            tcs = []
+            for k, v in _pairs(node):
+                if k != "tc":
+                    raise CxiUserError(f"Unexpected event while processing yaml: tcs.{k}")
+                if v.value == "ETH":
+                    raise CxiUserError("Invalid TC: ETH")
+                tcs.append(v.value)
+            if len(tcs) > 4:
+                raise CxiUserError("Too many TCs provided")
+            out["tcs"] = tcs
+        else:
+            raise CxiUserError(f"Unexpected event while processing yaml: unknown key {key!r}")
+    if vni_min is not None or vni_max is not None:
+        if vni_min is None or vni_max is None:
+            raise CxiUserError("a VNI range needs both vni_min and vni_max")
+        out["vni_range"] = (vni_min, vni_max)
+    return out
+
+
+# -- creating a service -----------------------------------------------------
+def build_service(dev, *, vnis=None, vni_range=None, uids=(), gids=(), netns=None, tcs=None,
+                  limits=None, exclusive_cp=False, restricted_members=None,
+                  restricted_vnis=None, restricted_tcs=None, resource_limits=None,
+                  netns_method: str = "auto") -> int:
+    """Create a service the way ``cxi_service create`` means to, in a safe order.
+
+    Everything is validated before the service exists; a VNI range is set before a
+    netns is bound (so the range profiles admit it); any failure destroys the
+    service before the error propagates.  Unlike cxi_service, a range service is
+    left enabled.
+    """
+    from pycxi.device import NETNS_METHODS
+    from pycxi.svc import SvcDesc, SvcMember
+
+    if vnis and vni_range:
+        raise CxiUserError("give either VNIs or a VNI range, not both")
+    if not vnis and not vni_range and restricted_vnis is not False:
+        raise CxiUserError("a service needs VNIs (--vni) or a VNI range (--vni-range)")
+    if netns is not None:
+        if restricted_members is False:
+            raise CxiUserError("restricted_members must be set to 1")
+        if uids or gids:
+            raise CxiUserError("netns based service with uid/gid not supported")
+    if exclusive_cp and not vni_range:
+        raise CxiUserError("exclusive_cp needs a VNI range")
+    if netns_method == "auto":
+        netns_method = "member" if "member" in NETNS_METHODS else "set_netns"
+    members = [SvcMember.uid(u) for u in uids] + [SvcMember.gid(g) for g in gids]
+    if netns is not None and netns_method == "member":
+        members.append(SvcMember.netns(netns))
+    if len(members) > 2:
+        raise CxiUserError("Too many Service 'Members' provided")
+    if vni_range:
+        lo, hi = vni_range
+        size = hi - lo + 1
+        if not (1 <= lo <= hi <= 0xFFFF) or size & (size - 1) or lo % size:
+            raise CxiUserError(f"VNI range {lo}-{hi}: size must be a power of two and "
+                               f"the start a multiple of it")
+    desc = SvcDesc(vnis=vnis or None, members=members, tcs=tcs, limits=limits,
+                   restricted_members=(bool(members) or netns is not None
+                                       if restricted_members is None else restricted_members),
+                   restricted_vnis=bool(vnis) if restricted_vnis is None else restricted_vnis,
+                   restricted_tcs=restricted_tcs, resource_limits=resource_limits)
+    if netns is not None and netns_method not in NETNS_METHODS:
+        raise CxiLibError(95, "cxil_svc_set_netns", detail="this libcxi cannot bind a netns")
+    svc_id = dev.alloc_svc(desc)
+    try:
+        if vni_range:
+            dev.set_vni_range(svc_id, *vni_range)
+            if exclusive_cp:
+                dev.set_exclusive_cp(svc_id, True)
+        if netns is not None and netns_method == "set_netns":
+            dev.svc_enable(svc_id, False)
+            dev.set_netns(svc_id, netns)
+        if vni_range or (netns is not None and netns_method == "set_netns"):
+            dev.svc_enable(svc_id, True)
+    except BaseException:
+        try:
+            dev.destroy_svc(svc_id)
+        except CxiError:
+            pass
+        raise
+    return svc_id
+
+
+# -- output -----------------------------------------------------------------
+def svc_info(dev, desc) -> Dict[str, Any]:
+    """Everything known about a service, in the ``--json`` form."""
+    d = desc.to_dict()
+    svc_id = desc.svc_id
+    try:
+        d["netns"] = [dev.get_netns(svc_id)]
+    except CxiLibError:
+        d["netns"] = []
+    d["vni_range"] = None
+    if not desc.restricted_vnis:
+        try:
+            d["vni_range"] = list(dev.get_vni_range(svc_id))
+        except CxiLibError:
+            pass
+    try:
+        d["exclusive_cp"] = dev.get_exclusive_cp(svc_id)
+    except CxiLibError:
+        d["exclusive_cp"] = None
+    d["lnis_per_rgid"] = dev.get_svc_lpr(svc_id)
+    use = dev.svc_rsrc_use(svc_id)
+    d["tle_pool_id"] = use.tle_pool_id
+    d["in_use"] = use.in_use
+    return d
+
+
+def _print_svc(info: Dict[str, Any], verbose: bool) -> None:
+    yn = lambda b: "Yes" if b else "No"  # noqa: E731
+    print(" --------------------------")
+    print(f" ID: {info['svc_id']}{' (DEFAULT)' if info['svc_id'] == 1 else ''}")
+    print(f"   LNIs/RGID          : {info['lnis_per_rgid']}")
+    print(f"   Enabled            : {yn(info['enabled'])}")
+    print(f"   System Service     : {yn(info['is_system_svc'])}")
+    print(f"   Restricted Members : {yn(info['restricted_members'])}")
+    if verbose:
+        if not info["restricted_members"]:
+            members = " All uids/gids"
+        else:
+            members = "".join(f" {m['type']}={m['id']}" for m in info["members"])
+            members += "".join(f" netns={n}" for n in info["netns"]
+                               if {"type": "netns", "id": n} not in info["members"])
+        print(f"   ---> Valid Members :{members}")
+        if info["restricted_vnis"]:
+            print(f"   VNIs               :{''.join(f' {v}' for v in info['vnis'])}")
+        elif info["vni_range"]:
+            print(f"   VNIs               : {info['vni_range'][0]}-{info['vni_range'][1]}")
+            print(f"   Exclusive CP       : {yn(info['exclusive_cp'])}")
+        else:
+            print("   VNIs               :")
+    print(f"   Restricted TCs     : {yn(info['restricted_tcs'])}")
+    if verbose:
+        tcs = " All" if not info["restricted_tcs"] else "".join(f" {t}" for t in info["tcs"])
+        print(f"   ---> Valid TCs     :{tcs}")
+    print(f"   Resource Limits    : {yn(info['resource_limits'])}")
+    if verbose:
+        print("   ---> Resource     Max  Reserved   In Use")
+        for name in ("AC", "CT", "EQ", "LE", "PTE", "TGQ", "TXQ", "TLE"):
+            lim = info["limits"][name]
+            res = lim["res"] if info["resource_limits"] else "None"
+            print(f"        {name + 's':<8} {lim['max']:>6} {res:>9} {info['in_use'][name]:>8}")
+
+
+# -- commands ---------------------------------------------------------------
+def _open(args):
+    from pycxi.device import Device
+
+    return Device(args.device)
+
+
+def cmd_svc(args) -> int:
+    with _open(args) as dev:
+        a = args.svc_action
+        if a == "list":
+            infos = [svc_info(dev, d) for d in dev.svc_list()]
+            if args.json:
+                print(json.dumps(infos, indent=2))
+            else:
+                i = dev.info
+                print(f"{dev.name}\n----\n Total Device Resources\n ----------------------")
+                for label, v in (("ACs", i.num_acs), ("CTs", i.num_cts), ("EQs", i.num_eqs),
+                                 ("LEs", i.num_les), ("PTEs", i.num_ptes), ("TGQs", i.num_tgqs),
+                                 ("TXQs", i.num_txqs), ("TLEs", i.num_tles)):
+                    print(f" {label + ':':<5} {v}")
+                for info in infos:
+                    _print_svc(info, args.verbose)
+        elif a == "show":
+            info = svc_info(dev, dev.get_svc(args.svc_id))
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                _print_svc(info, True)
+        elif a == "create":
+            if args.yaml:
+                if args.vni or args.vni_range:
+                    raise CxiUserError("--yaml and --vni/--vni-range exclude each other")
+                try:
+                    with open(args.yaml) as f:
+                        spec = desc_from_yaml(f.read())
+                except OSError as e:
+                    raise CxiLibError(e.errno or 2, "open", detail=args.yaml) from None
+            else:
+                spec = {"vnis": args.vni or None, "vni_range": args.vni_range,
+                        "uids": args.uid, "gids": args.gid,
+                        "netns": args.netns, "tcs": args.tc or None,
+                        "limits": dict(args.limit) if args.limit else None,
+                        "exclusive_cp": args.exclusive_cp}
+            svc_id = build_service(dev, netns_method=args.netns_method, **spec)
+            print(svc_id)
+        elif a == "delete":
+            if args.svc_id == 1:
+                raise CxiUserError("Default service cannot be deleted.")
+            dev.destroy_svc(args.svc_id)
+            print(f"Successfully deleted service: {args.svc_id}", file=sys.stderr)
+        elif a in ("enable", "disable"):
+            dev.svc_enable(args.svc_id, a == "enable")
+            print(f"Successfully {a}d service: {args.svc_id}", file=sys.stderr)
+        elif a == "update":
+            desc = dev.get_svc(args.svc_id)
+            if args.vni:
+                desc.vnis = args.vni
+            if args.tc:
+                desc.tcs = args.tc
+                desc.restricted_tcs = True
+            if args.enable is not None:
+                desc.enable = args.enable
+            dev.update_svc(desc)
+        elif a == "rsrc":
+            uses = [dev.svc_rsrc_use(args.svc_id)] if args.svc_id else dev.svc_rsrc_list()
+            if args.json:
+                print(json.dumps([u.to_dict() for u in uses], indent=2))
+            else:
+                names = ("PTE", "TXQ", "TGQ", "EQ", "CT", "LE", "TLE", "AC")
+                print("ID    TLE-pool " + " ".join(f"{n + 's':>6}" for n in names))
+                for u in uses:
+                    print(f"{u.svc_id:<5} {u.tle_pool_id:>8} "
+                          + " ".join(f"{u.in_use[n]:>6}" for n in names))
+        elif a == "set-netns":
+            dev.set_netns(args.svc_id, args.netns)
+        else:  # pragma: no cover - argparse guards this
+            raise CxiUserError(f"unknown action {a!r}")
+    return 0
+
+
+def cmd_access_check(args) -> int:
+    from pycxi.netns import netns_inode
+
+    with _open(args) as dev:
+        with dev.alloc_lni(args.svc) as lni:
+            if args.vni is not None:
+                lni.alloc_domain(args.vni).close()
+                if args.tc:
+                    lni.alloc_cp(args.vni, args.tc).close()
+        what = f"svc {args.svc}" + (f" VNI {args.vni}" if args.vni is not None else "")
+        print(f"allowed: {what} on {dev.name} (euid {os.geteuid()}, egid {os.getegid()}, "
+              f"netns {netns_inode()})")
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from pycxi import device
+
+    if device.BACKEND != "sim":
+        raise CxiUserError(f"'sim' needs the software CXI device; this build uses {device.BACKEND}")
+    if args.sim_action == "reset":
+        device.sim_reset(args.devices)
+        print(f"reset: {args.devices} software device(s) under {device.sim_root()}", file=sys.stderr)
+        return 0
+    out = {"root": device.sim_root(), "devices": {}}
+    for info in device.devices():
+        st = device.sim_status(info.dev_id)
+        if args.check:
+            device.sim_check(info.dev_id)
+            st["consistent"] = True
+        out["devices"][info.name] = st
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"software CXI devices under {out['root']}")
+        for name, st in out["devices"].items():
+            print(f"{name}: {st['services']} services ({st['enabled_services']} enabled), "
+                  f"{st['lnis']} LNIs, TLE pools {st['tle_pools_used']}/4, "
+                  f"LE pools {st['le_pools_used']}/16, RX profiles {st['rmu_used']}/256, "
+                  f"RGIDs {st['rgids_used']}/255"
+                  + (", consistent" if st.get("consistent") else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="CXI services from the shell.")
+    p.add_argument("-d", "--device", default="cxi0", help="device, cxiN (default cxi0)")
+    p.add_argument("-V", "--version", action="store_true", help="print the version and backend")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    svc = sub.add_parser("svc", help="list, create, change and delete services")
+    svc.set_defaults(func=cmd_svc)
+    acts = svc.add_subparsers(dest="svc_action", metavar="ACTION")
+    acts.required = True
+    a = acts.add_parser("list", help="all services")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a = acts.add_parser("show", help="one service")
+    a.add_argument("svc_id", type=_svc_id)
+    a.add_argument("--json", action="store_true")
+    a = acts.add_parser("create", help="create a service; prints its ID")
+    a.add_argument("-y", "--yaml", help="cxi_service_template.yaml format (member type netns added)")
+    a.add_argument("--vni", type=_int, action="append", default=[], help="a VNI (repeat, up to 4)")
+    a.add_argument("--vni-range", type=_vni_range, help="LO-HI (power-of-two size, aligned)")
+    a.add_argument("--uid", type=_int, action="append", default=[])
+    a.add_argument("--gid", type=_int, action="append", default=[])
+    a.add_argument("--netns", type=netns_arg, help="a netns path or inode number")
+    a.add_argument("--netns-method", choices=("auto", "member", "set_netns"), default="auto",
+                   help="how to bind the netns (default: what the platform offers)")
+    a.add_argument("--tc", action="append", default=[], help="a traffic class name (repeat)")
+    a.add_argument("--limit", type=_limit, action="append", default=[],
+                   help="TYPE=MAX:RES, e.g. TLE=0:0 (sets resource_limits)")
+    a.add_argument("--exclusive-cp", action="store_true")
+    for name in ("delete", "enable", "disable", "set-netns"):
+        a = acts.add_parser(name, help=f"{name} a service")
+        a.add_argument("svc_id", type=_svc_id)
+        if name == "set-netns":
+            a.add_argument("netns", type=netns_arg, help="a netns path or inode number")
+    a = acts.add_parser("update", help="change a service's stored descriptor")
+    a.add_argument("svc_id", type=_svc_id)
+    a.add_argument("--vni", type=_int, action="append", default=[])
+    a.add_argument("--tc", action="append", default=[])
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--enable", dest="enable", action="store_true", default=None)
+    g.add_argument("--disable", dest="enable", action="store_false")
+    a = acts.add_parser("rsrc", help="resource use")
+    a.add_argument("svc_id", type=_svc_id, nargs="?")
+    a.add_argument("--json", action="store_true")
+
+    ac = sub.add_parser("access-check", help="can this process use a service (and a VNI)?")
+    ac.add_argument("--svc", type=_svc_id, required=True)
+    ac.add_argument("--vni", type=_int)
+    ac.add_argument("--tc", help="also allocate a CP with this traffic class")
+    ac.set_defaults(func=cmd_access_check)
+
+    sim = sub.add_parser("sim", help="the software CXI device")
+    sim.set_defaults(func=cmd_sim)
+    sacts = sim.add_subparsers(dest="sim_action", metavar="ACTION")
+    sacts.required = True
+    a = sacts.add_parser("status")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("--check", action="store_true", help="verify internal invariants")
+    a = sacts.add_parser("reset")
+    a.add_argument("--devices", type=_int, default=1)
+
+    try:
+        from pycxi.vni.cli import register
+    except ImportError:  # pragma: no cover - the vni package ships with pycxi
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from pycxi import __version__
+        from pycxi.device import BACKEND, NETNS_METHODS
+
+        print(f"pycxi {__version__} ({BACKEND}; netns: {', '.join(sorted(NETNS_METHODS)) or 'none'})")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except CxiLibError as e:
+        print(f"{PROG}: {e.strerror}", file=sys.stderr)
+        return 1
+    except CxiError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, CxiUserError) else 1
+    except OSError as e:
+        print(f"{PROG}: {e.strerror or e} ({errno_name(e.errno or 0)})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
