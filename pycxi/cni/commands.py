@@ -61,7 +61,9 @@ def _device_absent(exc):
 
 def find_orphans(dev, device_name, vnis, inode, taken):
     """Services on ``dev`` that a killed ADD of ``inode``/``vnis`` may have left: not recorded
-    anywhere (``taken``), same VNI set, bound to ``inode`` or not bound yet (0)."""
+    anywhere (``taken``), same VNI set, and either bound to ``inode`` or restricted to members
+    with no member at all (``alloc_netns_svc``'s set_netns path before ``set_netns``: a service
+    that admits nobody).  A service with a uid/gid member or another netns is never touched."""
     from pycxi.cni import nic
     want = sorted(vnis or ())
     if not want:
@@ -73,7 +75,9 @@ def find_orphans(dev, device_name, vnis, inode, taken):
             continue
         if sorted(desc.vnis or ()) != want:
             continue
-        if nic.svc_netns(dev, sid, desc) in (inode, 0):
+        ns = nic.svc_netns(dev, sid, desc)
+        if ns == inode or (ns == 0 and not list(desc.members or ())
+                           and getattr(desc, "restricted_members", False)):
             out.append(sid)
     return out
 
@@ -82,7 +86,8 @@ def release_services(rec, conf, devs, log, taken):
     """Destroy the services of ``rec`` (in reverse order), carrying on past errors.
 
     Returns (done, errors): ``done`` when nothing of the record is left on any NIC.  A service
-    still busy after the retries is disabled and kept in the record (state "disabled").
+    still busy after the retries is disabled if the driver allows it (it refuses while LNIs
+    exist) and kept in the record (state "disabled" or "busy") for GC to finish.
     """
     from pycxi.cni import nic
     retries = conf.destroy_retries if conf is not None else 5
@@ -122,10 +127,9 @@ def release_services(rec, conf, devs, log, taken):
             for sid in ids:
                 outcome = nic.destroy(dev, sid, retries, delay, log)
                 if outcome == "busy":
-                    nic.disable(dev, sid)
-                    busy.append(sid)
-            for sid in busy:
-                keep.append({"device": name, "svc": sid, "state": "disabled"})
+                    busy.append((sid, nic.disable(dev, sid, log)))
+            for sid, disabled in busy:
+                keep.append({"device": name, "svc": sid, "state": "disabled" if disabled else "busy"})
                 done = False
         except Exception as exc:
             err = from_exception(exc)

@@ -89,5 +89,13 @@ def destroy(dev, svc_id, retries, delay, log):
     return "busy"
 
 
-def disable(dev, svc_id):
-    dev.svc_enable(svc_id, False)
+def disable(dev, svc_id, log):
+    """Try to disable a busy service; the driver refuses (EBUSY) while LNIs exist."""
+    try:
+        dev.svc_enable(svc_id, False)
+        return True
+    except CxiLibError as exc:
+        if exc.errno in (errno.EBUSY,) + GONE:
+            log.warning(f"{dev.name}: service {svc_id} cannot be disabled while in use ({exc})")
+            return False
+        raise

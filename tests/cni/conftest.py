@@ -46,6 +46,41 @@ def pycxi_cmd():
     return [PY, "-c", "import sys; from pycxi.cli import main; sys.exit(main())"]
 
 
+def _cli_has(sub):
+    p = subprocess.run(pycxi_cmd() + [sub, "--help"], capture_output=True, text=True)
+    return p.returncode == 0
+
+
+# Until the core's CLI offers them: the same operations through the Python API.
+_ACCESS = r"""
+import sys, errno, pycxi
+from pycxi.errors import CxiLibError
+svc, vni, dev = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+try:
+    with pycxi.Device(dev) as d:
+        lni = d.alloc_lni(svc)
+        try:
+            lni.alloc_domain(vni).close()
+        finally:
+            lni.close()
+except CxiLibError as e:
+    print(errno.errorcode.get(e.errno, e.errno), e); sys.exit(1)
+print("OK")
+"""
+
+
+def access_cmd(svc, vni, dev="cxi0"):
+    if _cli_has("access-check"):
+        return pycxi_cmd() + ["access-check", "--svc", str(svc), "--vni", str(vni), "-d", dev]
+    return [PY, "-c", _ACCESS, str(svc), str(vni), dev]
+
+
+def sim_reset(n, env):
+    if _cli_has("sim"):
+        return run(pycxi_cmd() + ["sim", "reset", "--devices", str(n)], env=env)
+    return run([PY, "-c", f"from pycxi.device import sim_reset; sim_reset({n})"], env=env)
+
+
 def run(cmd, env=None, netns=None, check=False, timeout=60, input=None):
     if netns:
         cmd = ["ip", "netns", "exec", netns] + list(cmd)
@@ -64,7 +99,7 @@ def sim(tmp_path, monkeypatch):
     root = tmp_path / "sim"
     root.mkdir()
     monkeypatch.setenv("PYCXI_SIM_ROOT", str(root))
-    p = run(pycxi_cmd() + ["sim", "reset", "--devices", "2"], env=dict(os.environ))
+    p = sim_reset(2, dict(os.environ))
     assert p.returncode == 0, p.stderr
     return root
 
@@ -94,6 +129,14 @@ def services(env=None):
     p = run([PY, "-c", DUMP], env=env or dict(os.environ))
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def pyrun(code, env=None, netns=None):
+    """Run pycxi code in a fresh process (the software device binds its root once per process,
+    so tests never open devices in the pytest process itself)."""
+    p = run([PY, "-c", code], env=env or dict(os.environ), netns=netns)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout.strip()
 
 
 def count_services(env=None):
