@@ -71,7 +71,7 @@ print("OK")
 
 def access_cmd(svc, vni, dev="cxi0"):
     if _cli_has("access-check"):
-        return pycxi_cmd() + ["access-check", "--svc", str(svc), "--vni", str(vni), "-d", dev]
+        return pycxi_cmd() + ["-d", dev, "access-check", "--svc", str(svc), "--vni", str(vni)]
     return [PY, "-c", _ACCESS, str(svc), str(vni), dev]
 
 
