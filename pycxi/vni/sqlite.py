@@ -142,9 +142,15 @@ class SqliteStore(VniStore):
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as e:
             raise self._error(e) from e
-        with self._tx() as c:
-            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
-                self._create(c)
+        exists = "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+        # Only the creator needs the write lock: opening must not wait for writers.
+        with self._read() as c:
+            created = c.execute(exists).fetchone() is not None
+        if not created:
+            with self._tx() as c:
+                if c.execute(exists).fetchone() is None:  # lost no race to another creator
+                    self._create(c)
+        with self._read() as c:
             row = c.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if row is None or row[0] != SCHEMA_VERSION:
                 raise VniError(f"VNI database {self.path} has schema version "

@@ -100,11 +100,11 @@ def test_release_starts_quarantine(store_factory: StoreFactory, clock: FakeClock
     assert s.get("a") is None
     assert Allocation(key="a", vni=va, state="quarantined", since=clock.t) in s.list()
     # the only VNI not held is in quarantine until 30 s after the release
-    clock.advance(29.9)
+    clock.advance(29)
     with pytest.raises(VniExhausted):
         s.acquire("d")
     assert quarantined(s) == {va: "a"}
-    clock.advance(0.1)
+    clock.advance(1)  # whole seconds: the boundary is exact
     assert quarantined(s) == {}, "quarantine is over exactly 30 s after release"
     assert s.acquire("d") == va
     assert held(s) == {"b": vb, "c": vc, "d": va}
