@@ -1,0 +1,336 @@
+"""patches/: structure of the netns backport patches for shs-cxi-driver and shs-libcxi.
+
+Without network access: every patch is a ``git format-patch`` mail with a subject, a
+description and our sign-off, touches the files its component needs, and the diffs add
+``CXI_SVC_MEMBER_NET_NS`` (= 3, after GID), the ``netns`` union member and, for 13.1, the
+ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2).
+
+If bare upstream snapshots exist (``$PYCXI_UPSTREAM_MIRRORS``, default ``/work/.mirror``,
+laid out as ``HewlettPackard+<repo>/repo``), each series is also checked with
+``git apply --check`` patch by patch on a fresh export of its tag, and the patched uapi
+header's enums are counted. CI machines without the snapshots skip those tests.
+"""
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import io
+
+import pytest
+
+from conftest import REPO
+
+PATCHES = os.path.join(REPO, "patches")
+SIGNOFF = "Signed-off-by: pycxi developers <pycxi@example.org>"
+MIRRORS = os.environ.get("PYCXI_UPSTREAM_MIRRORS", "/work/.mirror")
+
+DRV13_ABI = "include/uapi/ethernet/cxi-abi.h"
+DRV12_ABI = "include/uapi/misc/cxi.h"
+
+# (component, tag directory) -> what the whole series must touch
+SERIES = {
+    ("shs-cxi-driver", "release-shs-13.1.0"): {
+        "files": {
+            DRV13_ABI,
+            "include/linux/hpe/cxi/cxi.h",
+            "drivers/net/ethernet/hpe/ss1/cass_svc.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_ac_entry_list.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_user_core.c",
+        },
+        "ops": True,
+    },
+    ("shs-cxi-driver", "release-shs-12.0.2"): {
+        "files": {DRV12_ABI, "cxi/cass_svc.c"},
+        "ops": False,
+    },
+    ("shs-libcxi", "release-shs-13.1.0"): {
+        "files": {
+            "include/libcxi.h",
+            "src/libcxi.c",
+            "src/libcxi.sym",
+            "utils/cxi_service.c",
+            "utils/cxi_service_template.yaml",
+            "man/cxi_service.7.md",
+        },
+        "ops": True,
+    },
+    ("shs-libcxi", "release-shs-12.0.2"): {
+        "files": {"utils/cxi_service.c", "utils/cxi_service_template.yaml", "man/cxi_service.7.md"},
+        "ops": False,
+    },
+}
+
+
+def _series(component, tagdir):
+    d = os.path.join(PATCHES, component, tagdir)
+    files = sorted(f for f in os.listdir(d) if f.endswith(".patch"))
+    return [os.path.join(d, f) for f in files]
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _diffs(text):
+    """{path: [added lines]} of one patch."""
+    out = {}
+    cur = None
+    for line in text.splitlines():
+        m = re.match(r"^diff --git a/(\S+) b/(\S+)$", line)
+        if m:
+            cur = m.group(2)
+            out.setdefault(cur, [])
+            continue
+        if cur and line.startswith("+") and not line.startswith("+++"):
+            out[cur].append(line[1:])
+    return out
+
+
+def _series_diffs(component, tagdir):
+    merged = {}
+    for p in _series(component, tagdir):
+        for path, added in _diffs(_read(p)).items():
+            merged.setdefault(path, []).extend(added)
+    return merged
+
+
+def _hunks(text, path):
+    """The hunks (list of lines with their +/-/space prefix) of ``path`` in a patch."""
+    hunks, cur, inside = [], None, False
+    for line in text.splitlines():
+        if line.startswith("diff --git "):
+            inside = line.endswith(" b/" + path)
+            cur = None
+            continue
+        if not inside:
+            continue
+        if line.startswith("@@"):
+            cur = []
+            hunks.append(cur)
+        elif cur is not None and line[:1] in ("+", "-", " ", ""):
+            cur.append(line)
+    return hunks
+
+
+def test_every_tag_directory_has_a_numbered_series():
+    for component, tagdir in SERIES:
+        paths = _series(component, tagdir)
+        assert paths, f"no patches in patches/{component}/{tagdir}"
+        for i, p in enumerate(paths, 1):
+            assert os.path.basename(p).startswith(f"{i:04d}-"), p
+    # nothing else lies around (no scripts, no upstream files)
+    for root, _dirs, files in os.walk(PATCHES):
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), PATCHES)
+            assert f.endswith(".patch") or rel == "README.md", f"unexpected file patches/{rel}"
+
+
+@pytest.mark.parametrize("component,tagdir", sorted(SERIES))
+def test_patches_are_format_patch_mails_with_description_and_signoff(component, tagdir):
+    for p in _series(component, tagdir):
+        text = _read(p)
+        lines = text.splitlines()
+        assert re.match(r"^From [0-9a-f]{40} Mon Sep 17 00:00:00 2001$", lines[0]), p
+        assert any(l.startswith("From: ") for l in lines[:5]), p
+        subj = [l for l in lines[:8] if l.startswith("Subject: [PATCH")]
+        assert subj and len(subj[0]) > len("Subject: [PATCH] ") + 10, p
+        head, sep, rest = text.partition("\n---\n")
+        assert sep, f"{p}: no '---' separator before the diffstat"
+        body = head.split("\n\n", 1)[1] if "\n\n" in head else ""
+        desc = [l for l in body.splitlines() if l.strip() and not l.startswith("Signed-off-by:")]
+        assert len(desc) >= 5, f"{p}: the description of why is too short"
+        assert SIGNOFF in head.splitlines(), f"{p}: missing '{SIGNOFF}'"
+        assert "diff --git " in rest, p
+        for path, added in _diffs(text).items():
+            for line in added:
+                assert line == line.rstrip(), f"{p}: trailing whitespace added in {path}"
+
+
+@pytest.mark.parametrize("component,tagdir", sorted(SERIES))
+def test_series_touches_the_expected_files(component, tagdir):
+    touched = set(_series_diffs(component, tagdir))
+    missing = SERIES[(component, tagdir)]["files"] - touched
+    assert not missing, f"{component}/{tagdir} does not touch {sorted(missing)}"
+
+
+@pytest.mark.parametrize("tagdir,abi", [("release-shs-13.1.0", DRV13_ABI),
+                                         ("release-shs-12.0.2", DRV12_ABI)])
+def test_driver_adds_member_type_3_and_netns_union_member(tagdir, abi):
+    text = "".join(_read(p) for p in _series("shs-cxi-driver", tagdir))
+    hunks = _hunks(text, abi)
+    enum_hunk = [h for h in hunks if any("+\tCXI_SVC_MEMBER_NET_NS," == l for l in h)]
+    assert len(enum_hunk) == 1, "CXI_SVC_MEMBER_NET_NS is not added to the uapi enum"
+    names = [l[1:].strip().rstrip(",") for l in enum_hunk[0]
+             if l[:1] in (" ", "+") and re.match(r"^\s*CXI_SVC_MEMBER_\w+,$", l[1:])]
+    # IGNORE=0, UID=1, GID=2, NET_NS=3 (the context shows the members before it)
+    assert names[names.index("CXI_SVC_MEMBER_NET_NS") - 1] == "CXI_SVC_MEMBER_GID"
+    assert names[-1] == "CXI_SVC_MEMBER_MAX"
+    union = [h for h in hunks if any(re.match(r"^\+\s+unsigned int\s+netns;$", l) for l in h)]
+    assert union and any("__kernel_gid_t" in l for l in union[0]), "netns not added to union cxi_svc_member"
+    # the union member is the only field added to the descriptor: layout unchanged
+    added = _series_diffs("shs-cxi-driver", tagdir)[abi]
+    assert not any(re.match(r"^\s+(uint\d+_t|bool|__u\d+)\s", l) for l in added)
+
+
+def test_driver_12_checks_every_member():
+    text = _read(_series("shs-cxi-driver", "release-shs-12.0.2")[0])
+    hunk = [h for h in _hunks(text, "cxi/cass_svc.c")
+            if any("CXI_SVC_MEMBER_NET_NS" in l and l.startswith("+") for l in h)
+            and any("in_egroup_p" in l for l in h)]
+    assert hunk, "valid_svc_user() has no NET_NS branch"
+    added = [l[1:] for l in hunk[0] if l.startswith("+")]
+    # a netns member may only grant; it must never end the loop with a refusal
+    assert not any(re.search(r"return\s+(false|ret)\s*;", l) for l in added)
+    assert any("return true;" in l for l in added)
+    assert not any("CXI_OP_SVC_SET_NETNS" in l for l in text.splitlines())
+
+
+def test_driver_13_netns_entries_take_value_from_descriptor_and_grant_only():
+    added = _series_diffs("shs-cxi-driver", "release-shs-13.1.0")
+    svc = "\n".join(added["drivers/net/ethernet/hpe/ss1/cass_svc.c"])
+    assert "ac_data.netns = svc_desc->members[i].svc_member.netns;" in svc
+    assert "case CXI_SVC_MEMBER_NET_NS:\n\t\treturn CXI_AC_NETNS;" in svc
+    acl = "\n".join(added["drivers/net/ethernet/hpe/ss1/cxi_ac_entry_list.c"])
+    assert "current->nsproxy" in acl and "ns.inum" in acl
+    assert "return -EPERM" not in acl
+    conf = "\n".join(added["drivers/net/ethernet/hpe/ss1/cxi_configuration.h"])
+    assert "CXI_AC_NETNS" in conf  # part of CXI_AC_ANY, so every by_user lookup sees it
+
+
+def _struct_fields(lines, name):
+    text = "\n".join(lines)
+    m = re.search(r"struct %s \{\n(.*?)\n\};" % name, text, re.S)
+    assert m, f"struct {name} not added"
+    fields = []
+    for decl in m.group(1).split(";"):
+        decl = decl.strip()
+        if decl:
+            fields.append(decl)
+    return fields
+
+
+def _lp64_layout(fields):
+    """Offsets and size of a struct of enum/unsigned int/pointer fields on x86_64."""
+    off, offs, align = 0, {}, 1
+    for decl in fields:
+        name = decl.split()[-1].lstrip("*")
+        size = 8 if "*" in decl else 4
+        off = (off + size - 1) // size * size
+        offs[name] = off
+        off += size
+        align = max(align, size)
+    return offs, (off + align - 1) // align * align
+
+
+def test_driver_13_ops_84_85_with_shs14_layouts():
+    text = "".join(_read(p) for p in _series("shs-cxi-driver", "release-shs-13.1.0"))
+    hunks = _hunks(text, DRV13_ABI)
+    ops = [h for h in hunks if any(l.strip() == "+\t\tCXI_OP_SVC_SET_NETNS," for l in h)]
+    assert len(ops) == 1
+    body = [l for l in ops[0] if re.match(r"^[ +]\s*CXI_OP_\w+,$", l)]
+    names = [l[1:].strip().rstrip(",") for l in body]
+    # CXI_OP_TRIG_CP_ALLOC is 83 in 13.1 (semantics §a.1): the new ops follow it directly
+    i = names.index("CXI_OP_TRIG_CP_ALLOC")
+    assert names[i + 1:i + 4] == ["CXI_OP_SVC_SET_NETNS", "CXI_OP_SVC_GET_NETNS", "CXI_OP_MAX"]
+    added = _series_diffs("shs-cxi-driver", "release-shs-13.1.0")[DRV13_ABI]
+    set_f = _struct_fields(added, "cxi_svc_set_netns_cmd")
+    get_f = _struct_fields(added, "cxi_svc_get_netns_cmd")
+    offs, size = _lp64_layout(set_f)
+    assert (offs, size) == ({"op": 0, "svc_id": 4, "netns": 8}, 12)
+    offs, size = _lp64_layout(get_f)
+    assert (offs, size) == ({"op": 0, "resp": 8, "svc_id": 16}, 24)
+    core = "\n".join(_series_diffs("shs-cxi-driver", "release-shs-13.1.0")
+                     ["drivers/net/ethernet/hpe/ss1/cxi_user_core.c"])
+    set_entry = re.search(r"\[CXI_OP_SVC_SET_NETNS\] = \{(.*?)\}", core, re.S).group(1)
+    get_entry = re.search(r"\[CXI_OP_SVC_GET_NETNS\] = \{(.*?)\}", core, re.S).group(1)
+    assert ".admin_only = true" in set_entry and "admin_only" not in get_entry
+
+
+def test_libcxi_13_exports_set_get_netns_in_version_node_1_10():
+    added = _series_diffs("shs-libcxi", "release-shs-13.1.0")
+    sym = "\n".join(added["src/libcxi.sym"])
+    assert re.search(r"LIBCXI_1\.10 \{\nglobal:\n\tcxil_svc_set_netns;\n\tcxil_svc_get_netns;\n\} LIBCXI_1\.9;", sym)
+    hdr = "\n".join(added["include/libcxi.h"])
+    assert re.search(r"int cxil_svc_set_netns\(struct cxil_dev \*dev, unsigned int svc_id,\s+unsigned int netns\);", hdr)
+    assert re.search(r"int cxil_svc_get_netns\(struct cxil_dev \*dev, unsigned int svc_id,\s+unsigned int \*netns\);", hdr)
+    src = "\n".join(added["src/libcxi.c"])
+    assert ".op = CXI_OP_SVC_SET_NETNS" in src and ".op = CXI_OP_SVC_GET_NETNS" in src
+
+
+@pytest.mark.parametrize("tagdir", ["release-shs-13.1.0", "release-shs-12.0.2"])
+def test_cxi_service_parses_and_prints_netns_members(tagdir):
+    added = _series_diffs("shs-libcxi", tagdir)
+    tool = "\n".join(added["utils/cxi_service.c"])
+    assert 'strcmp(val, "netns") == 0' in tool
+    assert "CXI_SVC_MEMBER_NET_NS" in tool and "svc_member.netns" in tool
+    assert '" netns=%u"' in tool
+    tmpl = "\n".join(added["utils/cxi_service_template.yaml"])
+    assert "'netns'" in tmpl and "type: netns" in tmpl
+    man = "\n".join(added["man/cxi_service.7.md"])
+    assert "CXI_SVC_MEMBER_NET_NS" in man
+    if tagdir == "release-shs-12.0.2":
+        assert "cxil_svc_set_netns" not in tool  # the 12.0.x kernel has no such op
+
+
+# -- against the upstream snapshots, when present -----------------------------------
+def _mirror(component):
+    return os.path.join(MIRRORS, "HewlettPackard+" + component, "repo")
+
+
+def _export(component, tag, paths, dest):
+    """Write ``paths`` of ``tag`` into ``dest`` (a fresh export, no git metadata)."""
+    raw = subprocess.run(["git", "--git-dir", _mirror(component), "archive", "--format=tar", tag, "--"]
+                         + sorted(paths), check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        tf.extractall(dest)
+
+
+def _enum_values(header_text, enum_name):
+    m = re.search(r"enum %s \{(.*?)\};" % enum_name, header_text, re.S)
+    body = re.sub(r"/\*.*?\*/", "", m.group(1), flags=re.S)
+    body = re.sub(r"//[^\n]*", "", body)
+    values, nxt = {}, 0
+    for item in (x.strip() for x in body.split(",")):
+        if not item:
+            continue
+        name, _, val = item.partition("=")
+        if val.strip():
+            nxt = int(val.strip(), 0)
+        values[name.strip()] = nxt
+        nxt += 1
+    return values
+
+
+@pytest.mark.parametrize("component,tagdir", sorted(SERIES))
+def test_series_applies_with_git_apply_check_on_its_tag(component, tagdir, tmp_path):
+    if not shutil.which("git"):
+        pytest.skip("git is not installed")
+    tag = tagdir.replace("release-", "release/", 1)
+    if not os.path.isdir(_mirror(component)):
+        pytest.skip(f"no upstream snapshot of HewlettPackard/{component} at {_mirror(component)} "
+                    "(set PYCXI_UPSTREAM_MIRRORS); structure tests above still ran")
+    if subprocess.run(["git", "--git-dir", _mirror(component), "rev-parse", "--verify", "-q",
+                       tag + "^{commit}"], capture_output=True).returncode:
+        pytest.skip(f"the snapshot of {component} has no tag {tag}")
+    series = _series(component, tagdir)
+    paths = set()
+    for p in series:
+        paths |= set(_diffs(_read(p)))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    _export(component, tag, paths, tree)
+    for p in series:
+        chk = subprocess.run(["git", "apply", "--check", p], cwd=tree, capture_output=True, text=True)
+        assert chk.returncode == 0, f"{os.path.basename(p)} does not apply to {tag}:\n{chk.stderr}"
+        subprocess.run(["git", "apply", p], cwd=tree, check=True)
+    if component == "shs-cxi-driver":
+        abi = (tree / (DRV13_ABI if "13.1" in tag else DRV12_ABI)).read_text()
+        members = _enum_values(abi, "cxi_svc_member_type")
+        assert members["CXI_SVC_MEMBER_NET_NS"] == 3 and members["CXI_SVC_MEMBER_MAX"] == 4
+        if SERIES[(component, tagdir)]["ops"]:
+            ops = _enum_values(abi, "cxi_command_opcode")
+            assert ops["CXI_OP_SVC_SET_NETNS"] == 84
+            assert ops["CXI_OP_SVC_GET_NETNS"] == 85
+            assert ops["CXI_OP_MAX"] == 86
