@@ -59,6 +59,16 @@ def _device_absent(exc):
         "cxil_open_device", "open", "")
 
 
+def adopt_sim_root(rec):
+    """Software device only: a record remembers the ``PYCXI_SIM_ROOT`` its services were made
+    under, and DEL/GC/CHECK use it when their own environment lacks it (a runtime may run DEL
+    from a process with a scrubbed environment, e.g. podman's conmon-spawned cleanup).  Real
+    NICs are global, like the software device is meant to be; this keeps it so."""
+    root = rec.get("simRoot")
+    if isinstance(root, str) and root and not os.environ.get("PYCXI_SIM_ROOT"):
+        os.environ["PYCXI_SIM_ROOT"] = root
+
+
 def find_orphans(dev, device_name, vnis, inode, taken):
     """Services on ``dev`` that a killed ADD of ``inode``/``vnis`` may have left: not recorded
     anywhere (``taken``), same VNI set, and either bound to ``inode`` or restricted to members
@@ -125,6 +135,7 @@ def release_services(rec, conf, devs, log, taken):
                     log.info(f"{name}: found unrecorded service(s) {ids} of an interrupted ADD")
             busy = []
             for sid in ids:
+                log.debug(f"{name}: destroying service {sid}")
                 outcome = nic.destroy(dev, sid, retries, delay, log)
                 if outcome == "busy":
                     busy.append((sid, nic.disable(dev, sid, log)))
@@ -233,6 +244,8 @@ def cmd_add(conf, env, log):
             rec = {"containerID": cid, "ifname": ifname, "network": conf.name, "netns": netns,
                    "netnsInode": inode, "vnis": [], "phase": st.PHASE_ADDING, "services": [],
                    "pid": os.getpid(), "time": int(time.time())}
+            if os.environ.get("PYCXI_SIM_ROOT"):
+                rec["simRoot"] = os.environ["PYCXI_SIM_ROOT"]
             if choice is None and conf.vnis is None and conf.local_allocator is not None:
                 # record the key before the allocator hands out a VNI: a DEL/GC releases it
                 la = conf.local_allocator
@@ -292,6 +305,7 @@ def cmd_del(conf, env, log):
             rec = store.load(cid, ifname)
             if rec is None:
                 return None
+            adopt_sim_root(rec)
             done, errors = teardown(store, rec, conf, devs, log)
             if errors and not done:
                 # kept as "deleting": a retried DEL or GC finishes it
@@ -301,8 +315,10 @@ def cmd_del(conf, env, log):
             for e in errors:
                 log.warning(f"DEL {cid}/{ifname}: {e}")
             if not done:
-                log.warning(f"DEL {cid}/{ifname}: service(s) still in use were disabled; "
+                log.warning(f"DEL {cid}/{ifname}: service(s) still in use were kept; "
                             "GC will remove them")
+            else:
+                log.info(f"DEL {cid}/{ifname} done")
             return None
     finally:
         devs.close()
@@ -315,6 +331,7 @@ def cmd_check(conf, env, log):
     rec = store.load(cid, ifname)
     if rec is None or "corrupt" in rec:
         raise CniError(ERR_UNKNOWN_CONTAINER, f"no cxi record for {cid}/{ifname}")
+    adopt_sim_root(rec)
     inode = netns_inode(netns)
     problems = []
     if rec.get("phase") != st.PHASE_READY:
@@ -368,6 +385,8 @@ def cmd_gc(conf, env, log):
         with store.lock():
             store.clean_tmp()
             all_records = store.all_records()
+            for rec in all_records:
+                adopt_sim_root(rec)
             for rec in store.records():
                 if "corrupt" in rec:
                     teardown(store, rec, conf, devs, log, all_records)
