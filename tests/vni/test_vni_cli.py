@@ -112,3 +112,18 @@ def test_in_process_main(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["vni", "--db", db, "alloc", "k"]) == 0
     assert main(["--db", db, "get", "k"]) == 0
     assert capsys.readouterr().out == "1024\n1024\n"
+
+
+def test_registered_in_pycxi_cli(tmp_path: Path, child_env: dict) -> None:
+    """`pycxi vni ...` through the top-level CLI, which registers this module."""
+    pytest.importorskip("pycxi.cli")
+    db = str(tmp_path / "vni.db")
+    run = [sys.executable, "-m", "pycxi.cli", "vni", "--db", db]
+    p = subprocess.run(run + ["alloc", "k"], env=child_env, capture_output=True, text=True,
+                       timeout=60)
+    assert (p.returncode, p.stdout) == (0, "1024\n"), p.stderr
+    p = subprocess.run(run + ["--range", "2000", "alloc", "k2"], env=child_env,
+                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(run + ["--range", "2000", "alloc", "k3"], env=child_env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr

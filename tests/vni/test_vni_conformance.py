@@ -259,7 +259,7 @@ def test_concurrent_processes_never_share_a_vni(store_factory: StoreFactory, tmp
     key is released again, and 50 keys are acquired by every process."""
     nproc, nkeys = 8, 1000
     go = str(tmp_path / "go")
-    procs, outs = [], []
+    procs = []
     for p in range(nproc):
         ops = []
         for j in range(nkeys):
@@ -268,23 +268,27 @@ def test_concurrent_processes_never_share_a_vni(store_factory: StoreFactory, tmp
                 ops.append(["release", f"w{p}-{j - 5}"])
             if j % 20 == 0:
                 ops.append(["acquire", f"shared-{(j // 20 + p) % 50}"])
-        out = open(tmp_path / f"out{p}", "w+")
-        outs.append(out)
-        procs.append(_spawn({"factory": store_factory.name, "spec": store_factory.spec(),
-                             "ops": ops, "go": go, "quarantine": 3600}, child_env,
-                            stdout=out, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 60
-    while len([f for f in os.listdir(tmp_path) if f.startswith("go.ready.")]) < nproc:
-        assert time.monotonic() < deadline, "workers did not start"
-        assert all(p.poll() is None for p in procs), "a worker died before the start"
-        time.sleep(0.01)
-    open(go, "w").close()
-    for p in procs:
-        assert p.wait(timeout=120) == 0
+        with open(tmp_path / f"out{p}", "w") as out:
+            procs.append(_spawn({"factory": store_factory.name, "spec": store_factory.spec(),
+                                 "ops": ops, "go": go, "quarantine": 3600}, child_env,
+                                stdout=out, stderr=subprocess.STDOUT))
+    try:
+        deadline = time.monotonic() + 60
+        while len([f for f in os.listdir(tmp_path) if f.startswith("go.ready.")]) < nproc:
+            assert time.monotonic() < deadline, "workers did not start"
+            assert all(p.poll() is None for p in procs), "a worker died before the start"
+            time.sleep(0.01)
+        open(go, "w").close()
+        for p in procs:
+            assert p.wait(timeout=getattr(store_factory, "process_timeout", 120)) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     results = []
-    for out in outs:
-        out.seek(0)
-        lines = [json.loads(line) for line in out]
+    for p in range(nproc):
+        lines = [json.loads(line) for line in (tmp_path / f"out{p}").read_text().splitlines()]
         assert lines[-1][0] == "done", lines[-5:]
         results.append(lines[:-1])
 
