@@ -31,6 +31,8 @@ __all__ = [
     "DEFAULT_QUARANTINE",
     "DEFAULT_RANGES",
     "RESERVED_VNIS",
+    "STATE_ALLOCATED",
+    "STATE_QUARANTINED",
     "VNI_MAX",
     "Allocation",
     "Ranges",
@@ -226,7 +228,10 @@ class VniStore(abc.ABC):
                  quarantine: float = DEFAULT_QUARANTINE,
                  clock: Callable[[], float] = time.time) -> None:
         self.ranges: Ranges = normalize_ranges(ranges)
-        quarantine = float(quarantine)
+        try:
+            quarantine = float(quarantine)
+        except (TypeError, ValueError):
+            raise VniError(f"quarantine must be a number of seconds, not {quarantine!r}") from None
         if not quarantine >= 0.0 or quarantine == float("inf"):  # also rejects NaN
             raise VniError(f"quarantine must be a finite number of seconds >= 0, not {quarantine}")
         self.quarantine = quarantine

@@ -183,7 +183,7 @@ def test_unknown_schema_version(factory: SqliteFactory) -> None:
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    for q in (-1, float("nan"), float("inf")):
+    for q in (-1, float("nan"), float("inf"), "soon", None):
         with pytest.raises(VniError):
             SqliteStore(tmp_path / "x.db", quarantine=q)
     with pytest.raises(VniError):
