@@ -7,8 +7,6 @@ ignored: with Multus it can carry values the pod's author wrote, so no VNI is ta
 
 Unknown keys and invalid values are rejected with code 7, naming the key.
 """
-import re
-
 from pycxi.cni.errors import (CniError, ERR_DECODE, ERR_INCOMPATIBLE_VERSION,
                               ERR_INVALID_CONFIG)
 
@@ -29,8 +27,20 @@ DEFAULT_LIMITS = {
     "CT": (2047, 0), "LE": (16384, 0), "TLE": (0, 0), "AC": (1022, 0),
 }
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_DEVNAME_RE = re.compile(r"^cxi[0-9]{1,4}$")
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME_CHARS = _ALNUM | frozenset("_.-")
+NAME_PATTERN = "^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"   # libcni's network name / container ID rule
+
+
+def valid_name(s):
+    """``NAME_PATTERN`` without compiling a regular expression on every plugin start."""
+    return (isinstance(s, str) and s != "" and s[0] in _ALNUM
+            and all(c in _NAME_CHARS for c in s))
+
+
+def _devname(s):
+    return isinstance(s, str) and s.startswith("cxi") and s[3:].isdigit() and 1 <= len(s) - 3 <= 4 \
+        and s[3:].isascii()
 
 # keys the runtime may put into the request next to ours
 _RUNTIME_KEYS = frozenset(("cniVersion", "name", "type", "prevResult", "runtimeConfig", "args",
@@ -195,8 +205,8 @@ def parse_conf(stdin, command="ADD"):
     raw = stdin if isinstance(stdin, dict) else decode(stdin)
     version = check_version(raw)
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 253:
-        raise _bad("name", f"a network name matching {_NAME_RE.pattern} is required, got {name!r}")
+    if not valid_name(name) or len(name) > 253:
+        raise _bad("name", f"a network name matching {NAME_PATTERN} is required, got {name!r}")
     typ = raw.get("type")
     if typ is not None and not isinstance(typ, str):
         raise _bad("type", f"a string is required, got {typ!r}")
@@ -219,8 +229,7 @@ def parse_conf(stdin, command="ADD"):
     devices = raw.get("devices", "all")
     if devices == "all" or devices is None:
         devices = None
-    elif isinstance(devices, list) and devices and all(isinstance(d, str) and _DEVNAME_RE.match(d)
-                                                          for d in devices):
+    elif isinstance(devices, list) and devices and all(_devname(d) for d in devices):
         if len(set(devices)) != len(devices):
             raise _bad("devices", f"duplicate devices in {devices!r}")
         devices = list(devices)

@@ -6,9 +6,8 @@ function returning the stdin bytes, and returns ``(exit_code, stdout_text)``.  S
 logic could later be served by a node daemon without change.
 """
 import json
-import re
 
-from pycxi.cni.config import SUPPORTED_VERSIONS, decode, version_tuple
+from pycxi.cni.config import NAME_PATTERN, SUPPORTED_VERSIONS, decode, valid_name, version_tuple
 from pycxi.cni.errors import (CniError, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_ENV,
                               from_exception)
 
@@ -25,14 +24,13 @@ VERBS = {
     "VERSION": (("CNI_COMMAND",), None),
 }
 
-_CID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _LATEST = SUPPORTED_VERSIONS[-1]
 
 
 def validate_container_id(cid):
-    if not cid or not _CID_RE.match(cid) or len(cid) > 1024:
+    if not valid_name(cid) or len(cid) > 1024:
         raise CniError(ERR_INVALID_ENV, "invalid characters in CNI_CONTAINERID",
-                       f"must match {_CID_RE.pattern}, got {cid!r}")
+                       f"must match {NAME_PATTERN}, got {cid!r}")
 
 
 def validate_ifname(name):
