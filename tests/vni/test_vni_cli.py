@@ -90,10 +90,27 @@ def test_quarantine_option(vni) -> None:
     ["frobnicate", "x"],
     [],
 ])
-def test_usage_errors(vni, args) -> None:
-    p = vni(*args)
+def test_usage_errors(args, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # in-process (the same parser as the subprocess runs): exit status 2, nothing on
+    # stdout, and the last line of stderr names the problem
+    from pycxi.vni.cli import main
+
+    try:
+        rc = main(["--db", str(tmp_path / "vni.db"), *args])
+    except SystemExit as e:  # argparse's way out
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("pycxi"), err
+    assert not (tmp_path / "vni.db").exists(), "a usage error touches nothing"
+
+
+def test_usage_error_in_a_subprocess(vni) -> None:
+    p = vni("--range", "9-2", "alloc", "x")
     assert p.returncode == 2 and p.stdout == ""
-    assert p.stderr.strip().splitlines()[-1].startswith("pycxi")
+    assert p.stderr.strip().splitlines()[-1] == (
+        "pycxi vni: error: argument --range: invalid VNI range 9-2: "
+        "need 1 <= first <= last <= 65535")
 
 
 def test_runtime_errors_are_one_line(vni, tmp_path: Path) -> None:
@@ -122,8 +139,7 @@ def test_registered_in_pycxi_cli(tmp_path: Path, child_env: dict) -> None:
     p = subprocess.run(run + ["alloc", "k"], env=child_env, capture_output=True, text=True,
                        timeout=60)
     assert (p.returncode, p.stdout) == (0, "1024\n"), p.stderr
-    p = subprocess.run(run + ["--range", "2000", "alloc", "k2"], env=child_env,
-                       capture_output=True, text=True, timeout=60)
-    p = subprocess.run(run + ["--range", "2000", "alloc", "k3"], env=child_env,
+    # VNI 10 is reserved, so this range has nothing to give: exit 3, one line
+    p = subprocess.run(run + ["--range", "10", "alloc", "k2"], env=child_env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 3 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
