@@ -19,7 +19,8 @@ write), the database is in WAL mode so readers never block, and a busy timeout m
 writers queue instead of failing.  A process killed at any point loses only its
 uncommitted transaction, which SQLite rolls back.  ``synchronous=NORMAL`` is durable
 against process crashes; after a power loss the last commits may be lost (never
-corrupted), and so are the containers that held those VNIs.
+corrupted), and so are the containers that held those VNIs.  WAL needs shared memory
+between the processes, so the file must be on a local filesystem (not NFS).
 """
 from __future__ import annotations
 
