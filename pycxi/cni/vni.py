@@ -36,6 +36,10 @@ def pod_identity(env):
     return args.get("K8S_POD_NAMESPACE") or None, args.get("K8S_POD_NAME") or None
 
 
+def pod_uid(env):
+    return parse_cni_args(env.get("CNI_ARGS", "")).get("K8S_POD_UID") or None
+
+
 def resolve(conf, env, log):
     """-> :class:`VniChoice`.  Raises :class:`CniError` (11 while not ready, 104 on failure)."""
     if conf.vnis is not None:
@@ -63,12 +67,13 @@ def resolve(conf, env, log):
         from pycxi.vni import lookup       # lazily: only this path pays for it
         try:
             vnis = lookup.lookup_pod_vnis(ns, pod, kubeconfig=conf.kubernetes["kubeconfig"],
-                                          timeout=conf.kubernetes["timeout"])
+                                          timeout=conf.kubernetes["timeout"], pod_uid=pod_uid(env))
         except lookup.VniNotReady as exc:
             raise CniError(ERR_TRY_AGAIN_LATER, f"the VNI of pod {ns}/{pod} is not allocated yet",
                            str(exc)) from None
-        except lookup.VniLookupError as exc:
-            raise CniError(ERR_VNI_LOOKUP, f"VNI lookup for pod {ns}/{pod} failed", str(exc)) from None
+        except Exception as exc:          # VniLookupError, and anything unexpected
+            raise CniError(ERR_VNI_LOOKUP, f"VNI lookup for pod {ns}/{pod} failed",
+                           f"{type(exc).__name__}: {exc}") from None
         vnis = [int(v) for v in vnis or ()]
         if len(vnis) > 4 or any(not 1 <= v <= 65535 for v in vnis):
             raise CniError(ERR_INVALID_CONFIG, f"VNI lookup for pod {ns}/{pod} returned invalid VNIs",
