@@ -245,3 +245,27 @@ def test_plugin_import_set(cni_env, netns):
         "dataclasses", "ssl", "pycxi.vni")}
     assert not bad, bad
     assert plugin_call(cni_env, "DEL", c, cid="imp")[0] == 0
+
+
+def test_pool_ceilings_per_nic(cni_env, netns):
+    """The documented arithmetic (docs/cni.md): per-pod services take no TLE pool; with the
+    default limits each takes one of the 15 free LE pools (13.1 semantics, as the software device
+    models), so the 16th pod on a NIC gets code 11 and nothing leaks."""
+    c = dict(cxi_conf(cni_env, devices=["cxi0"], logLevel="warning"), cniVersion="1.0.0",
+             name="pools", prevResult=PREV)
+    pods = [netns.add() for _ in range(16)]
+    for i, pod in enumerate(pods):
+        rc, out, _ = plugin_call(cni_env, "ADD", dict(c, vnis=[2500 + i]), cid=f"p{i}",
+                                 netns_path=netns.path(pod))
+        if i < 15:
+            assert rc == 0, (i, out)
+        else:
+            assert rc == 1 and out["code"] == 11 and "LE pools" in out["details"], out
+    st = json.loads(pyrun("import json; from pycxi.device import sim_status; "
+                          "print(json.dumps(sim_status(0)))"))
+    assert st["tle_pools_used"] == 1          # only the default service's
+    assert st["le_pools_used"] == 16 and st["services"] == 16
+    assert len(records(cni_env.data_dir)) == 15
+    for i in range(16):
+        assert plugin_call(cni_env, "DEL", dict(c, vnis=[2500 + i]), cid=f"p{i}")[0] == 0
+    assert count_services() == 0
