@@ -341,6 +341,10 @@ class KubeClient:
                 raise KubeError(0, "Timeout", f"{method} {path}: timed out after {timeout} s")
             conn = self._connection(remaining)
             try:
+                if conn.sock is None:
+                    conn.connect()
+                    # small request/response pairs: do not let Nagle wait for ACKs
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request(method, url, body=data, headers=headers)
                 if conn.sock is not None:
                     conn.sock.settimeout(max(0.001, deadline - time.monotonic()))

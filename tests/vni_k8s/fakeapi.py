@@ -38,6 +38,7 @@ import threading
 import uuid
 from typing import Any, Optional
 
+import aiohttp.web
 import kmock
 from kmock._internal import enums, rendering
 
@@ -106,7 +107,9 @@ class _FastDispatch(kmock.RawHandler):
             }.get(request.action)
         if fn is None:
             return await super()._handle(request)
-        return await rendering.Response(payload=fn)(request)
+        if request.action == enums.action.WATCH:
+            return await rendering.Response(payload=fn)(request)
+        return aiohttp.web.json_response(await fn(request))
 
 
 class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
@@ -125,6 +128,16 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
         self._rv = itertools.count(1)
         self._wlock: Optional[asyncio.Lock] = None
         self.writes = 0
+
+    async def _render_error(self, exc: Exception) -> Any:
+        # kmock formats a traceback into every error; 404/409 are routine here
+        if isinstance(exc, kmock.KubernetesError):
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "code": exc.status, "reason": exc.reason or type(exc).__name__,
+                "message": exc.message or repr(exc), "details": exc.details or {}},
+                status=exc.status)
+        return await super()._render_error(exc)
 
     def _stored(self, request: Any) -> Any:
         ns = request.namespace
@@ -200,6 +213,33 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
         if request.action == enums.action.CREATE and getattr(response, "status", None) == 200:
             response.set_status(201)
         return response
+
+    # kmock finds an object by scanning all of them; a dict lookup keeps the fake fast
+    # with thousands of objects (the race and benchmark scenarios).
+    def _lookup(self, request: Any, create: bool = False) -> Any:
+        ns, name = request.namespace, request.name
+        if create:
+            md = (request.data or {}).get("metadata") or {}
+            ns, name = ns or md.get("namespace"), name or md.get("name")
+        key = (request.resource, ns, name)
+        if key not in self.objects:
+            raise kmock.KubernetesObjectNotFoundError()
+        return self.objects[key]
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        obj = self._lookup(request)
+        if obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: Any) -> Any:
+        return self._lookup(request, create=True).raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        return self._lookup(request).last.raw
+
+    async def _serve_delete(self, request: Any) -> Any:
+        return self._lookup(request).last.raw
 
     async def _serve_list(self, request: Any) -> Any:
         doc = await super()._serve_list(request)

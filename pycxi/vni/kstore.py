@@ -1,0 +1,409 @@
+"""The Kubernetes VNI store: :class:`KubeStore`, the :class:`~pycxi.vni.store.VniStore`
+rules over objects in the API server (etcd).  Standard library only.
+
+Objects
+-------
+``Vni`` (``vnis.vni.pycxi.dev``, cluster-scoped), **named by the VNI**: ``vni-4242``.
+    Holding VNI 4242 *is* the existence of ``vni-4242``.  The API server creates an
+    object name at most once, atomically, so two allocators (threads, processes,
+    controller replicas) can never both hold 4242: the second create gets 409
+    AlreadyExists and moves on to the next candidate.  Release sets
+    ``status.releasedAt``; the object stays (so nobody can create it) until its
+    quarantine is over, and is then deleted with a uid + resourceVersion precondition
+    by the next allocator that wants the number, so a late deleter can never remove a
+    newer holder's object.
+Key record: a ``Lease`` ``vnikey-<sha256(key)[:40]>`` in the store's namespace.
+    The one place that says which VNI a key holds (``spec.holderIdentity: vni-4242``).
+    It is created only *after* the ``Vni``, and atomically too, so two allocators
+    racing on the same key agree: the loser deletes its own, never-announced ``Vni``
+    and answers with the winner's.  Release deletes the record, then quarantines the
+    ``Vni``.  A crash between two steps leaves an allocated ``Vni`` that no record
+    points to; :meth:`KubeStore.gc` (run by the controller) quarantines such orphans
+    after :data:`ORPHAN_AGE` s, and :meth:`KubeStore.list` hides them.
+Cursor: derived, not stored.  Every ``Vni`` carries its creation time (wall clock, ns)
+    in an annotation; a handle starts its round-robin search after the newest one and
+    then keeps its own cursor.  Released ``Vni`` objects stay until reused, so the
+    newest object is the last VNI handed out.  The cursor only spreads allocations;
+    a stale one costs a few 409s, never a duplicate.
+
+Requests: acquire of a held key 1 (GET record); a new allocation 3 (GET, create Vni,
+create record) plus one 409 per lost race; release 3.
+"""
+from __future__ import annotations
+
+import calendar
+import datetime
+import hashlib
+import random
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from pycxi.vni.kube import (API_VERSION, GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig,
+                            KubeError, vni_name)
+from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
+                             STATE_QUARANTINED, Allocation, VniError, VniExhausted, VniStore,
+                             exhausted_message, in_ranges, iter_candidates, quarantine_over)
+
+__all__ = ["KubeStore", "VniApiError", "DEFAULT_NAMESPACE", "ORPHAN_AGE", "key_hash",
+           "format_time", "parse_time"]
+
+DEFAULT_NAMESPACE = "pycxi-vni"
+#: An allocated Vni no key record points to, older than this, is an orphan of a crash.
+ORPHAN_AGE = 30.0
+
+LABEL_KEY_HASH = f"{GROUP}/key-hash"
+LABEL_ROLE = f"{GROUP}/role"
+ANN_KEY = f"{GROUP}/key"
+ANN_CREATED = f"{GROUP}/created-ns"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "pycxi-vni"}
+LEASES = ("coordination.k8s.io", "v1", "leases")
+
+
+class VniApiError(VniError):
+    """The API server failed or could not be reached."""
+
+
+def key_hash(key: str) -> str:
+    # label values are <= 63 chars of [A-Za-z0-9._-]: a hash, the key is in the spec
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def format_time(t: float) -> str:
+    """Epoch seconds -> RFC 3339 with microseconds (the API's MicroTime format)."""
+    d = datetime.datetime.fromtimestamp(t, tz=datetime.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(s: Any) -> Optional[float]:
+    if not isinstance(s, str) or not s:
+        return None
+    try:
+        main, _, frac = s.rstrip("Z").partition(".")
+        secs = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
+        return secs + (int(frac.ljust(6, "0")[:6]) / 1e6 if frac else 0.0)
+    except ValueError:
+        return None
+
+
+class _Seen:
+    """What this handle last saw of one ``Vni`` object."""
+    __slots__ = ("state", "released", "uid", "rv")
+
+    def __init__(self, state: str, released: Optional[float] = None,
+                 uid: Optional[str] = None, rv: Optional[str] = None) -> None:
+        self.state, self.released, self.uid, self.rv = state, released, uid, rv
+
+
+class KubeStore(VniStore):
+    """VNI allocation over ``Vni`` objects; see the module docstring.
+
+    ``client``: a :class:`KubeClient` (or ``kubeconfig`` to build one).  ``namespace``:
+    where the key records and the cursor live (the controller's namespace).
+    Thread-safe; any number of handles, in any number of processes, may share one API
+    server.
+    """
+
+    def __init__(self, ranges: Iterable[Sequence[int]] = DEFAULT_RANGES,
+                 quarantine: float = DEFAULT_QUARANTINE,
+                 clock: Callable[[], float] = time.time, *,
+                 client: Optional[KubeClient] = None, kubeconfig: Optional[str] = None,
+                 namespace: str = DEFAULT_NAMESPACE, timeout: float = 10.0) -> None:
+        super().__init__(ranges, quarantine, clock)
+        self.client = client or KubeClient(KubeConfig.load(kubeconfig), timeout=timeout)
+        self.namespace = namespace
+        self._seen: Optional[Dict[int, _Seen]] = None
+        self._cursor: Optional[int] = None
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # --- paths ------------------------------------------------------------------------
+
+    @staticmethod
+    def _vni_path(v: Optional[int] = None, sub: Optional[str] = None) -> str:
+        return KubeClient.path(GROUP, VERSION, VNI_PLURAL, None,
+                               vni_name(v) if v is not None else None, sub)
+
+    def _lease_path(self, name: Optional[str] = None) -> str:
+        return KubeClient.path(*LEASES, self.namespace, name)
+
+    @staticmethod
+    def _record_name(key: str) -> str:
+        return f"vnikey-{key_hash(key)}"
+
+    def _call(self, fn: Callable[..., dict], *a: Any, **kw: Any) -> dict:
+        if self._closed:
+            raise VniError("the store is closed")
+        try:
+            return fn(*a, **kw)
+        except KubeError as e:
+            if e.status in (404, 409):
+                raise
+            raise VniApiError(f"Kubernetes API: {e}") from e
+
+    # --- the interface ------------------------------------------------------------------
+
+    def acquire(self, key: str, owner: Optional[str] = None, *,
+                holder: Optional[Dict[str, Any]] = None) -> int:
+        """As :meth:`VniStore.acquire`; ``holder`` (the controller's owner reference:
+        apiVersion, kind, namespace, name, uid) is recorded in ``spec.holder``."""
+        key = self._check_key(key)
+        name = self._record_name(key)
+        for _ in range(8):
+            v = self.get(key)
+            if v is not None:
+                return v
+            v, obj = self._allocate(key, owner, holder)
+            try:
+                self._call(self.client.create, self._lease_path(), {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": self.namespace,
+                                 "labels": {**MANAGED_BY, LABEL_ROLE: "key"},
+                                 "annotations": {ANN_KEY: key}},
+                    "spec": {"holderIdentity": vni_name(v),
+                             "acquireTime": format_time(time.time())}})
+                return v
+            except KubeError as e:
+                # 409: another allocator committed this key first.  Our Vni was never
+                # handed to anyone: delete exactly it, then answer with theirs.
+                self._delete_vni(v, obj["metadata"].get("uid"), None)
+                if not e.conflict:
+                    raise VniApiError(str(e)) from e
+        raise VniApiError(f"could not settle the allocation of {key!r}")
+
+    def release(self, key: str) -> bool:
+        key = self._check_key(key)
+        name = self._record_name(key)
+        try:
+            record = self._call(self.client.get, self._lease_path(name))
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise VniApiError(str(e)) from e
+        h = (record.get("spec") or {}).get("holderIdentity") or ""
+        md = record.get("metadata") or {}
+        try:
+            self._call(self.client.delete, self._lease_path(name), uid=md.get("uid"))
+        except KubeError as e:
+            if e.status in (404, 409):
+                return False  # another handle released it first
+            raise VniApiError(str(e)) from e
+        # From here the key holds nothing.  A crash before the next step leaves an
+        # allocated Vni without a record: gc() quarantines it after ORPHAN_AGE.
+        if h.startswith("vni-") and h[4:].isdigit():
+            self._quarantine(int(h[4:]), self.clock())
+        return True
+
+    def get(self, key: str) -> Optional[int]:
+        key = self._check_key(key)
+        try:
+            record = self._call(self.client.get, self._lease_path(self._record_name(key)))
+        except KubeError as e:
+            if e.not_found:
+                return None
+            raise VniApiError(str(e)) from e
+        h = (record.get("spec") or {}).get("holderIdentity") or ""
+        return int(h[4:]) if h.startswith("vni-") else None
+
+    def list(self) -> List[Allocation]:
+        return [a for a, _ in self.list_objects()]
+
+    def list_objects(self) -> List[Tuple[Allocation, dict]]:
+        """Like :meth:`list`, with each entry's ``Vni`` object (for the controller)."""
+        objs = self._list_vnis()
+        records = {}
+        for r in self._list(self._lease_path(), f"{LABEL_ROLE}=key"):
+            h = (r.get("spec") or {}).get("holderIdentity") or ""
+            records[(r.get("metadata") or {}).get("name", "")[len("vnikey-"):]] = h
+        now, wall = self.clock(), time.time()
+        out = []
+        for o in objs:
+            a = self._allocation(o, now)
+            if a is None:
+                continue
+            if a.state == STATE_ALLOCATED:
+                h = records.get(key_hash(a.key))
+                if h and h not in (vni_name(a.vni), "released:" + vni_name(a.vni)):
+                    continue  # the key holds another VNI: an orphan, see gc()
+                created = parse_time((o.get("metadata") or {}).get("creationTimestamp")) or wall
+                if (h is None or h == "") and wall - created > ORPHAN_AGE:
+                    continue
+            out.append((a, o))
+        out.sort(key=lambda ao: ao[0].vni)
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.client.close()
+
+    # --- beyond the interface (the controller's GC) -------------------------------------
+
+    def gc(self) -> int:
+        """Quarantine orphans (allocated ``Vni`` objects no key record points to, left by
+        a crash between create and commit) and delete ``Vni`` objects whose quarantine is
+        over.  Returns how many objects changed."""
+        listed = {a.vni for a, _ in self.list_objects()}
+        now, n = self.clock(), 0
+        for o in self._list_vnis():
+            a = self._allocation(o, float("-inf"))
+            md = o.get("metadata") or {}
+            if a is None:
+                continue
+            if a.state == STATE_ALLOCATED and a.vni not in listed:
+                self._quarantine(a.vni, now)
+                n += 1
+            elif a.state == STATE_QUARANTINED and quarantine_over(a.since, now, self.quarantine):
+                if self._delete_vni(a.vni, md.get("uid"), md.get("resourceVersion")):
+                    n += 1
+        return n
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _list(self, path: str, selector: Optional[str] = None) -> List[dict]:
+        try:
+            return self._call(self.client.list, path, label_selector=selector)
+        except KubeError as e:
+            raise VniApiError(str(e)) from e
+
+    def _list_vnis(self) -> List[dict]:
+        return self._list(self._vni_path())
+
+    def _allocation(self, o: dict, now: float) -> Optional[Allocation]:
+        spec, status = o.get("spec") or {}, o.get("status") or {}
+        try:
+            v = int(spec["vni"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        released = parse_time(status.get("releasedAt"))
+        if released is not None:
+            if quarantine_over(released, now, self.quarantine):
+                return None
+            return Allocation(str(spec.get("key", "")), v, STATE_QUARANTINED, released,
+                              spec.get("owner"))
+        since = parse_time(spec.get("allocatedAt"))
+        return Allocation(str(spec.get("key", "")), v, STATE_ALLOCATED,
+                          since if since is not None else 0.0, spec.get("owner"))
+
+    def _quarantine(self, v: int, now: float) -> None:
+        try:
+            o = self._call(self.client.patch, self._vni_path(v, "status"), {"status": {
+                "releasedAt": format_time(now),
+                "conditions": [{"type": "Ready", "status": "False", "reason": "Quarantined",
+                                "message": f"released; reusable after {self.quarantine:g} s",
+                                "lastTransitionTime": format_time(time.time())}]}})
+        except KubeError as e:
+            if e.not_found:
+                return
+            raise VniApiError(str(e)) from e
+        md = o.get("metadata") or {}
+        with self._lock:
+            if self._seen is not None:
+                self._seen[v] = _Seen(STATE_QUARANTINED, parse_time(format_time(now)),
+                                      md.get("uid"), None)
+
+    def _delete_vni(self, v: int, uid: Optional[str], rv: Optional[str]) -> bool:
+        try:
+            self._call(self.client.delete, self._vni_path(v), uid=uid, resource_version=rv)
+            ok = True
+        except KubeError as e:
+            if e.status not in (404, 409):
+                raise VniApiError(str(e)) from e
+            ok = False
+        with self._lock:
+            if self._seen is not None:
+                self._seen.pop(v, None)
+        return ok
+
+    def _refresh(self) -> Dict[int, _Seen]:
+        seen: Dict[int, _Seen] = {}
+        newest: Tuple[int, int] = (-1, -1)
+        for o in self._list_vnis():
+            spec, status, md = o.get("spec") or {}, o.get("status") or {}, o.get("metadata") or {}
+            try:
+                v = int(spec["vni"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            rel = parse_time(status.get("releasedAt"))
+            seen[v] = _Seen(STATE_QUARANTINED if rel is not None else STATE_ALLOCATED, rel,
+                            md.get("uid"), md.get("resourceVersion"))
+            try:
+                newest = max(newest, (int((md.get("annotations") or {})[ANN_CREATED]), v))
+            except (KeyError, ValueError):
+                pass
+        with self._lock:
+            self._seen = seen
+            if self._cursor is None and newest[1] >= 0:
+                self._cursor = newest[1] + 1
+        return seen
+
+    def _allocate(self, key: str, owner: Optional[str],
+                  holder: Optional[Dict[str, Any]]) -> Tuple[int, dict]:
+        now = self.clock()
+        with self._lock:
+            seen = self._seen
+        if seen is None:
+            seen = self._refresh()
+        cursor = self._cursor if self._cursor is not None else self.ranges[0][0]
+        for attempt in (0, 1):
+            if attempt:
+                seen = self._refresh()
+            skip = 0
+            lost = 0
+            for v in iter_candidates(self.ranges, cursor):
+                s = seen.get(v)
+                if skip and s is None:
+                    skip -= 1  # spread out after lost races, see below
+                    continue
+                if s is not None:
+                    if s.state == STATE_ALLOCATED or not quarantine_over(s.released, now, self.quarantine):
+                        continue
+                    # quarantine over: remove exactly the version we saw, then compete for it
+                    self._delete_vni(v, s.uid, s.rv)
+                obj = self._create_vni(v, key, owner, holder, now)
+                if obj is None:
+                    with self._lock:
+                        seen[v] = _Seen(STATE_ALLOCATED)
+                    # Lost a race: allocators that started from the same cursor would
+                    # otherwise all try the same next numbers in lockstep.  Skipping a
+                    # random, growing stretch spreads them out; skipped numbers are
+                    # found again when the search wraps (next-fit stays exact for a
+                    # handle that meets no contention).
+                    lost += 1
+                    if not attempt:  # the last pass is exhaustive
+                        skip = random.randint(0, min(1 << lost, 64))
+                    continue
+                with self._lock:
+                    seen[v] = _Seen(STATE_ALLOCATED, None, obj["metadata"].get("uid"),
+                                    obj["metadata"].get("resourceVersion"))
+                    self._cursor = v + 1
+                return v, obj
+        with self._lock:
+            seen = dict(seen)
+        alloc = sum(1 for v, s in seen.items() if s.state == STATE_ALLOCATED and in_ranges(v, self.ranges))
+        quar = [s.released for v, s in seen.items() if s.state == STATE_QUARANTINED
+                and in_ranges(v, self.ranges) and not quarantine_over(s.released, now, self.quarantine)]
+        nxt = min(quar) + self.quarantine - now if quar else None
+        raise VniExhausted(exhausted_message(self.ranges, alloc, len(quar), nxt))
+
+    def _create_vni(self, v: int, key: str, owner: Optional[str],
+                    holder: Optional[Dict[str, Any]], now: float) -> Optional[dict]:
+        """The atomic step: create ``vni-<v>``; None if it exists (409)."""
+        spec: Dict[str, Any] = {"vni": v, "key": key, "allocatedAt": format_time(now)}
+        if owner is not None:
+            spec["owner"] = owner
+        if holder:
+            spec["holder"] = holder
+        labels = {**MANAGED_BY, LABEL_KEY_HASH: key_hash(key)}
+        if holder and holder.get("namespace"):
+            labels[f"{GROUP}/namespace"] = holder["namespace"]
+        try:
+            return self._call(self.client.create, self._vni_path(), {
+                "apiVersion": API_VERSION, "kind": "Vni",
+                "metadata": {"name": vni_name(v), "labels": labels,
+                             "annotations": {ANN_CREATED: str(time.time_ns())}},
+                "spec": spec})
+        except KubeError as e:
+            if e.conflict:
+                return None
+            raise VniApiError(str(e)) from e
