@@ -8,7 +8,7 @@
     pycxi [-d DEV] svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
     pycxi [-d DEV] svc set-netns ID NETNS
     pycxi [-d DEV] access-check --svc ID [--vni N] [--tc NAME]
-    pycxi sim status [--json] [--check] | sim reset [--devices N]
+    pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap]
     pycxi vni alloc KEY | release KEY | list [--json]
 
 Errors are one line on stderr naming the errno; the exit status is non-zero.
@@ -412,6 +412,8 @@ def cmd_sim(args) -> int:
     if device.BACKEND != "sim":
         raise CxiUserError(f"'sim' needs the software CXI device; this build uses {device.BACKEND}")
     if args.sim_action == "reset":
+        if args.strict_vni_overlap:
+            os.environ["PYCXI_SIM_STRICT_VNI_OVERLAP"] = "1"
         device.sim_reset(args.devices)
         print(f"reset: {args.devices} software device(s) under {device.sim_root()}", file=sys.stderr)
         return 0
@@ -495,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--check", action="store_true", help="verify internal invariants")
     a = sacts.add_parser("reset")
     a.add_argument("--devices", type=_int, default=1)
+    a.add_argument("--strict-vni-overlap", action="store_true",
+                   help="model an unpatched 13.1/14.0.0 driver: no two profiles may overlap")
 
     try:
         from pycxi.vni.cli import register

@@ -39,7 +39,7 @@
 #include "sim.h"
 
 #define SIM_MAGIC 0x3130494358435950ULL /* "PYCXCI01" */
-#define SIM_VERSION 3
+#define SIM_VERSION 4
 
 #define MAX_SVC 1024
 #define MAX_PROF 4096
@@ -146,10 +146,14 @@ struct sim_journal {
 	uint8_t buf[JBUF_SIZE];
 };
 
+/* Device flags, fixed when the device is created. */
+#define SIM_STRICT_VNI_OVERLAP 1u	/* 13.1/14.0.0: any profile overlap is EEXIST */
+
 struct sim_file {
 	uint64_t magic;
 	uint32_t version;
 	uint32_t dev_id;
+	uint32_t flags;
 	uint32_t recoveries;
 	pthread_mutex_t lock;
 	struct sim_journal j;
@@ -486,11 +490,28 @@ static int profiles_overlap(uint16_t m1, uint16_t i1, uint16_t m2, uint16_t i2)
 	return ((m1 ^ m2) & (uint16_t)~(i1 | i2)) == 0;
 }
 
-static int prof_conflict(struct sim_state *st, uint16_t match, uint16_t ignore)
+/*
+ * Would a new profile clash with an existing one (disabled ones included)?
+ * Any overlap does on 13.1 and 14.0.0.  Our 13.x patches carry the rule of
+ * upstream fd6adba: two exact-VNI profiles may overlap, which is what lets
+ * several pods of one job on a node each have a service on the job's VNI.
+ * PYCXI_SIM_STRICT_VNI_OVERLAP=1 at device creation restores the old rule.
+ */
+static int prof_clash(const struct sim_file *f, const struct sim_prof *p,
+		      uint16_t match, uint16_t ignore)
 {
+	if (!profiles_overlap(p->match, p->ignore, match, ignore))
+		return 0;
+	return (f->flags & SIM_STRICT_VNI_OVERLAP) || p->ignore || ignore;
+}
+
+static int prof_conflict(struct sim_file *f, uint16_t match, uint16_t ignore)
+{
+	struct sim_state *st = &f->st;
+
 	for (uint32_t i = 0; i < st->prof_hw; i++) {
 		struct sim_prof *p = &st->prof[i];
-		if (p->used && profiles_overlap(p->match, p->ignore, match, ignore))
+		if (p->used && prof_clash(f, p, match, ignore))
 			return 1;
 	}
 	return 0;
@@ -503,7 +524,7 @@ static int prof_create(struct sim_file *f, uint16_t match, uint16_t ignore,
 	struct sim_state *st = &f->st;
 	uint32_t i;
 
-	if (prof_conflict(st, match, ignore))
+	if (prof_conflict(f, match, ignore))
 		return -EEXIST;
 	for (i = 0; i < MAX_PROF; i++)
 		if (!st->prof[i].used)
@@ -899,6 +920,9 @@ static int create_device_file(unsigned int dev_id)
 	pthread_mutexattr_destroy(&a);
 	f->version = SIM_VERSION;
 	f->dev_id = dev_id;
+	const char *strict = getenv("PYCXI_SIM_STRICT_VNI_OVERLAP");
+	if (strict && *strict && strcmp(strict, "0"))
+		f->flags |= SIM_STRICT_VNI_OVERLAP;
 	init_default_svc(f);
 	__atomic_store_n(&f->magic, SIM_MAGIC, __ATOMIC_RELEASE);
 	munmap(f, sizeof(*f));
@@ -2187,8 +2211,8 @@ int pycxi_sim_check(unsigned int dev_id, char *msg, size_t len)
 		CHECK(p->owner == 0 || svc_get(st, p->owner), "profile %u: owner", i);
 		rmu += p->enabled;
 		for (uint32_t k = i + 1; k < st->prof_hw; k++)
-			CHECK(!st->prof[k].used || !profiles_overlap(p->match, p->ignore,
-				st->prof[k].match, st->prof[k].ignore),
+			CHECK(!st->prof[k].used || !prof_clash(f, &st->prof[k], p->match,
+							       p->ignore),
 			      "profiles %u and %u overlap", i, k);
 	}
 	for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++)

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import pycxi
-from conftest import REPO
+from coreutil import REPO
 
 EXPECTED = {
     "sizeof(struct cxi_svc_desc)": 68,

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import netns_inode_of, pycxi_cli
+from coreutil import netns_inode_of, pycxi_cli
 
 TEMPLATE = """\
 resource_limits: 1

@@ -12,7 +12,7 @@ import pytest
 
 import pycxi
 from pycxi import CxiLibError, SvcDesc, SvcMember
-from conftest import netns_inode_of, pycxi_cli, run_forked, run_py
+from coreutil import netns_inode_of, pycxi_cli, run_forked, run_py
 
 LIMITS = {"PTE": (16, 0), "TXQ": (16, 0), "EQ": (16, 0), "CT": (16, 0), "AC": (16, 0),
           "TLE": (0, 0)}
@@ -58,6 +58,17 @@ def test_root_in_another_netns_cannot_use_the_vni_either(dev, netns_factory):
     assert cross.returncode == 0, cross.stderr
     assert int(cross.stdout) == errno.EPERM
     assert check(svc_a, 1111, netns=pod_b).returncode != 0
+
+
+def test_two_pods_of_one_job_share_the_vni_each_through_its_own_service(dev, netns_factory):
+    pod1, pod2 = netns_factory(), netns_factory()
+    s1 = dev.alloc_netns_svc(netns_inode_of(pod1), [3333], limits=LIMITS)
+    s2 = dev.alloc_netns_svc(netns_inode_of(pod2), [3333], limits=LIMITS)
+    assert check(s1, 3333, netns=pod1).returncode == 0
+    assert check(s2, 3333, netns=pod2).returncode == 0
+    assert "EPERM" in check(s1, 3333, netns=pod2).stderr
+    assert "EPERM" in check(s2, 3333, netns=pod1).stderr
+    assert "EPERM" in check(s1, 3333).stderr
 
 
 def test_netns_is_read_per_thread(dev, netns_factory):

@@ -35,11 +35,43 @@ def test_default_service_cannot_be_destroyed(dev):
     assert err(e) == errno.EINVAL
 
 
-def test_default_service_vnis_are_taken(dev):
+@pytest.fixture
+def strict_dev(sim_root, monkeypatch):
+    """A device with the 13.1 / 14.0.0 profile rule: any VNI overlap is EEXIST."""
+    import pycxi.device
+
+    monkeypatch.setenv("PYCXI_SIM_STRICT_VNI_OVERLAP", "1")
+    pycxi.device.sim_reset(1)
+    with pycxi.Device(0) as d:
+        yield d
+
+
+def test_default_service_vnis_are_taken_on_a_strict_driver(strict_dev):
     for vni in (1, 10):
         with pytest.raises(CxiLibError) as e:
-            dev.alloc_svc(SvcDesc(vnis=[vni]))
+            strict_dev.alloc_svc(SvcDesc(vnis=[vni], limits=small_limits()))
         assert err(e) == errno.EEXIST
+
+
+def test_exact_vnis_may_be_shared_but_ranges_may_not_overlap(dev):
+    """Our 13.x patches carry upstream fd6adba: two exact-VNI profiles may overlap
+    (several pods of a job, one service each, on the job's VNI); ranges may not."""
+    a = dev.alloc_svc(SvcDesc(vnis=[100], limits=small_limits()))
+    b = dev.alloc_svc(SvcDesc(vnis=[100], limits=small_limits()))
+    assert dev.get_svc(a).vnis == dev.get_svc(b).vnis == [100]
+    dev.alloc_svc(SvcDesc(vnis=[1], limits=small_limits()))  # beside the default service's
+    r = dev.alloc_svc(SvcDesc(restricted_vnis=False, limits=small_limits()))
+    with pytest.raises(CxiLibError) as e:
+        dev.set_vni_range(r, 96, 127)  # covers the exact VNI 100
+    assert err(e) == errno.EEXIST
+    dev.set_vni_range(r, 128, 255)
+    s = dev.alloc_svc(SvcDesc(restricted_vnis=False, limits=small_limits()))
+    with pytest.raises(CxiLibError) as e:
+        dev.set_vni_range(s, 192, 223)  # inside the other range
+    assert err(e) == errno.EEXIST
+    with pytest.raises(CxiLibError) as e:
+        dev.alloc_svc(SvcDesc(vnis=[200], limits=small_limits()))  # an exact VNI in a range
+    assert err(e) == errno.EEXIST
 
 
 def test_default_service_can_be_enabled_and_refuses_set_netns(dev):
@@ -73,7 +105,8 @@ def test_caller_enable_bit_is_ignored(dev):
     assert dev.get_svc(svc).enable
 
 
-def test_vni_overlap_gives_eexist_even_inside_one_descriptor(dev):
+def test_vni_overlap_gives_eexist_even_inside_one_descriptor(strict_dev):
+    dev = strict_dev
     dev.alloc_svc(SvcDesc(vnis=[100], limits=small_limits()))
     with pytest.raises(CxiLibError) as e:
         dev.alloc_svc(SvcDesc(vnis=[101, 100], limits=small_limits()))
@@ -289,8 +322,12 @@ def test_range_overlapping_a_vni_fails(dev):
     with pytest.raises(CxiLibError) as e:
         dev.set_vni_range(svc, 16, 31)
     assert err(e) == errno.EEXIST
+
+
+def test_range_1_1_overlaps_the_default_service_on_a_strict_driver(strict_dev):
+    svc = strict_dev.alloc_svc(SvcDesc(restricted_vnis=False, limits=small_limits()))
     with pytest.raises(CxiLibError) as e:
-        dev.set_vni_range(svc, 1, 1)  # the default service's VNI 1
+        strict_dev.set_vni_range(svc, 1, 1)  # the default service's VNI 1
     assert err(e) == errno.EEXIST
 
 
