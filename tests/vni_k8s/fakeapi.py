@@ -47,6 +47,8 @@ GROUP = "vni.pycxi.dev"
 # (resource key, namespaced, kind, has status subresource)
 RESOURCES = [
     ("v1/pods", True, "Pod", True),
+    ("v1/namespaces", False, "Namespace", True),
+    ("apiextensions.k8s.io/v1/customresourcedefinitions", False, "CustomResourceDefinition", True),
     ("v1/events", True, "Event", False),
     ("v1/configmaps", True, "ConfigMap", False),
     ("events.k8s.io/v1/events", True, "Event", False),
@@ -99,7 +101,8 @@ class _FastDispatch(kmock.RawHandler):
 
     async def _handle(self, request: Any) -> Any:
         fn = None
-        if request.resource is not None and request.subresource in (None, "status"):
+        if (request.resource is not None and request.resource.plural
+                and request.subresource in (None, "status")):
             fn = {
                 enums.action.LIST: self._serve_list, enums.action.WATCH: self._serve_watch,
                 enums.action.FETCH: self._serve_fetch, enums.action.CREATE: self._serve_create,

@@ -1,0 +1,1036 @@
+"""The VNI controller: gives every workload that asks for one a VNI of its own (or the
+VNI of a claim in its namespace), stamps it on the workload's pods, and gives it back
+when the workload completes or goes away.
+
+Run it with ``python -m pycxi.vni.controller`` (the Deployment in
+``pycxi/vni/manifests/`` does).  Built on kopf (watches with reconnects and 410
+handling, a thread pool for our blocking calls, liveness probe); the allocation itself
+is :class:`pycxi.vni.kstore.KubeStore`, whose only state is the API server, so the
+controller is stateless: restart it, or run two, at any time.  See docs/vni-service.md.
+
+Design, briefly:
+
+* **Level-based.**  Every watch event re-derives the wanted state of one workload from
+  the object and converges to it (acquire, release, stamp pods).  A periodic resync
+  re-checks every ``Vni`` object against its holder (via GET), so a missed event, a
+  crash or a restart can delay a release but never leak a VNI for good.
+* **Top-level owner.**  Objects controlled by a watched kind are ignored (a Deployment's
+  ReplicaSets carry its annotations: the original gave them VNIs of their own).  Pods
+  are mapped to their top-level owner through the ReplicaSet index.
+* **Pod stamp.**  The result goes into the pod's status condition
+  ``vni.pycxi.dev/Allocated``: the only thing the CNI plugin reads (pycxi.vni.lookup).
+* **Errors** (exhaustion, missing or foreign claims, API failures) become a False
+  condition with a CamelCase reason on the pods (and the claim), a Warning Event on the
+  workload, a metric, and a retry with exponential backoff.  Handlers never crash the
+  operator.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import threading
+import time
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from pycxi.vni.kube import (ANNOTATION, API_VERSION, CLAIM_PLURAL, GROUP, LEGACY_ANNOTATION,
+                            POD_CONDITION, VERSION, KubeClient, KubeConfig, KubeError)
+from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, VniApiError, format_time
+from pycxi.vni.lookup import MAX_VNIS_PER_POD, format_stamp
+from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
+                             STATE_QUARANTINED, VniError, VniExhausted, format_ranges,
+                             parse_ranges)
+
+__all__ = ["Config", "Controller", "Kind", "WATCHED_KINDS", "build_registry", "main"]
+
+log = logging.getLogger("pycxi.vni.controller")
+
+FINALIZER = f"{GROUP}/finalizer"
+_TRUE = frozenset({"true", "yes"})
+_FALSE = frozenset({"", "false", "no", "0", "off"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: Optional[str] = None, name: Optional[str] = None,
+             sub: Optional[str] = None) -> str:
+        return KubeClient.path(self.group, self.version, self.plural, namespace, name, sub)
+
+
+POD = Kind("", "v1", "pods", "Pod")
+REPLICASET = Kind("apps", "v1", "replicasets", "ReplicaSet")
+CLAIM = Kind(GROUP, VERSION, CLAIM_PLURAL, "VniClaim")
+VOLCANO_JOB = Kind("batch.volcano.sh", "v1alpha1", "jobs", "Job")
+WATCHED_KINDS: Tuple[Kind, ...] = (
+    Kind("batch", "v1", "jobs", "Job"),
+    Kind("apps", "v1", "deployments", "Deployment"),
+    Kind("apps", "v1", "statefulsets", "StatefulSet"),
+    Kind("apps", "v1", "daemonsets", "DaemonSet"),
+    REPLICASET,  # top-level only when no Deployment controls it
+    VOLCANO_JOB,
+    POD,         # bare pods, and pods of owners we do not watch ("generic owners")
+)
+
+
+def parse_kinds(text: str) -> Tuple[Kind, ...]:
+    """``"group/version/plural/Kind,..."`` (core group: ``"v1/plural/Kind"``)."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split("/")
+        if len(parts) == 3:
+            parts = [""] + parts
+        if len(parts) != 4 or not all(parts[1:]):
+            raise ValueError(f"extra kind {item!r}: expected group/version/plural/Kind")
+        out.append(Kind(*parts))
+    return tuple(out)
+
+
+@dataclasses.dataclass
+class Config:
+    ranges: Tuple[Tuple[int, int], ...] = DEFAULT_RANGES
+    quarantine: float = DEFAULT_QUARANTINE
+    namespace: str = DEFAULT_NAMESPACE       # key records and the leader Lease live here
+    resync: float = 30.0                     # seconds between full checks
+    metrics_port: int = 9090                 # 0: no metrics endpoint
+    extra_kinds: Tuple[Kind, ...] = ()
+    volcano: bool = True
+    leader_election: bool = True
+    lease_duration: float = 15.0
+    identity: str = dataclasses.field(
+        default_factory=lambda: os.environ.get("POD_NAME") or f"pid-{os.getpid()}-{random.getrandbits(24):06x}")
+
+    @classmethod
+    def from_env(cls, env: Optional[Dict[str, str]] = None) -> "Config":
+        e = os.environ if env is None else env
+        c = cls()
+        if e.get("PYCXI_VNI_RANGES"):
+            c.ranges = parse_ranges(e["PYCXI_VNI_RANGES"])
+        if e.get("PYCXI_VNI_QUARANTINE"):
+            c.quarantine = float(e["PYCXI_VNI_QUARANTINE"])
+        c.namespace = e.get("PYCXI_VNI_NAMESPACE") or e.get("POD_NAMESPACE") or c.namespace
+        if e.get("PYCXI_VNI_RESYNC"):
+            c.resync = float(e["PYCXI_VNI_RESYNC"])
+        if e.get("PYCXI_VNI_METRICS_PORT"):
+            c.metrics_port = int(e["PYCXI_VNI_METRICS_PORT"])
+        c.extra_kinds = parse_kinds(e.get("PYCXI_VNI_EXTRA_KINDS", ""))
+        c.volcano = e.get("PYCXI_VNI_VOLCANO", "true").lower() not in _FALSE
+        c.leader_election = e.get("PYCXI_VNI_LEADER_ELECTION", "true").lower() not in _FALSE
+        return c
+
+    @property
+    def kinds(self) -> Tuple[Kind, ...]:
+        return tuple(k for k in WATCHED_KINDS if self.volcano or k != VOLCANO_JOB) + self.extra_kinds
+
+
+# --- request parsing -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a workload asks for: its own VNI and/or claims (by name, same namespace)."""
+    own: bool = False
+    claims: Tuple[str, ...] = ()
+    invalid: str = ""  # why the request cannot be honoured (ClaimRefused/InvalidRequest)
+    invalid_reason: str = ""
+
+    @property
+    def asks(self) -> bool:
+        return self.own or bool(self.claims) or bool(self.invalid)
+
+
+def _annotation(annotations: Optional[dict]) -> Optional[str]:
+    a = annotations or {}
+    for k in (ANNOTATION, LEGACY_ANNOTATION):
+        v = a.get(k)
+        if isinstance(v, str) and v.strip().lower() not in _FALSE:
+            return v.strip()
+    return None
+
+
+def parse_request(obj: dict) -> Request:
+    """The workload's request, from its annotations or its pod template's."""
+    value = _annotation((obj.get("metadata") or {}).get("annotations"))
+    if value is None:
+        tmpl = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        value = _annotation(tmpl.get("annotations"))
+    if value is None:
+        return Request()
+    own, claims = False, []
+    for item in (t.strip() for t in value.split(",")):
+        if not item:
+            continue
+        if item.lower() in _TRUE:
+            own = True
+        elif "/" in item:
+            # A claim is redeemed by name in the workload's own namespace only.
+            return Request(invalid=f"claim {item!r} is not in this namespace: claims are "
+                           "namespace-scoped and redeemed by name", invalid_reason="ClaimRefused")
+        elif not _dns_label(item):
+            return Request(invalid=f"{item!r} is not a claim name", invalid_reason="InvalidRequest")
+        elif item not in claims:
+            claims.append(item)
+    if int(own) + len(claims) > MAX_VNIS_PER_POD:
+        return Request(invalid=f"at most {MAX_VNIS_PER_POD} VNIs per pod",
+                       invalid_reason="InvalidRequest")
+    return Request(own, tuple(claims))
+
+
+def _dns_label(s: str) -> bool:
+    return 0 < len(s) <= 253 and all(c.isalnum() and c.isascii() and not c.isupper() or c in "-."
+                                     for c in s) and s[0].isalnum() and s[-1].isalnum()
+
+
+def is_finished(kind: Kind, obj: dict) -> bool:
+    status = obj.get("status") or {}
+    if kind == POD:
+        return status.get("phase") in ("Succeeded", "Failed")
+    if kind == VOLCANO_JOB:
+        return ((status.get("state") or {}).get("phase")) in ("Completed", "Failed", "Terminated",
+                                                              "Aborted")
+    if kind.kind == "Job":
+        return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                   for c in status.get("conditions") or ())
+    return False
+
+
+def controller_ref(meta: dict) -> Optional[dict]:
+    for ref in meta.get("ownerReferences") or ():
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Workload:
+    """What this replica knows about one top-level workload (or generic owner)."""
+    uid: str
+    namespace: str
+    name: str
+    kind: Kind
+    request: Request = Request()
+    finished: bool = False
+    vnis: Tuple[int, ...] = ()
+    reason: str = "Pending"
+    message: str = ""
+    seen: float = dataclasses.field(default_factory=time.monotonic)
+    generic: bool = False  # an owner we do not watch; lives as long as its pods
+
+    @property
+    def key(self) -> str:
+        return f"workload:{self.uid}"
+
+    @property
+    def holder(self) -> dict:
+        return {"apiVersion": self.kind.api_version, "kind": self.kind.kind,
+                "namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+    def condition(self) -> Optional[Tuple[str, str, str]]:
+        """(status, reason, message) of the pod condition, None for "say nothing"."""
+        if not self.request.asks:
+            return None
+        if self.vnis:
+            return ("True", "Allocated", format_stamp(list(self.vnis)))
+        return ("False", self.reason, self.message)
+
+
+@dataclasses.dataclass
+class PodInfo:
+    namespace: str
+    name: str
+    owner_uid: Optional[str]      # the controller ownerReference (None: bare pod)
+    owner_ref: Optional[dict]
+    stamped: Optional[Tuple[str, str, str]] = None
+
+
+class Metrics:
+    """prometheus-client metrics, on their own registry (no global state on import)."""
+
+    def __init__(self) -> None:
+        import prometheus_client as pc
+
+        self.registry = pc.CollectorRegistry()
+        r = self.registry
+        self.allocated = pc.Gauge("pycxi_vni_allocated", "VNIs held by workloads or claims", registry=r)
+        self.quarantined = pc.Gauge("pycxi_vni_quarantined", "released VNIs in quarantine", registry=r)
+        self.free = pc.Gauge("pycxi_vni_free", "VNIs in the configured ranges that can be handed out", registry=r)
+        self.latency = pc.Histogram(
+            "pycxi_vni_allocation_seconds", "time from first sight of a workload to its VNI",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.allocations = pc.Counter("pycxi_vni_allocations_total", "VNIs handed out", registry=r)
+        self.releases = pc.Counter("pycxi_vni_releases_total", "VNIs released", ["cause"], registry=r)
+        self.errors = pc.Counter("pycxi_vni_errors_total", "allocation errors", ["reason"], registry=r)
+        self.leader = pc.Gauge("pycxi_vni_leader", "1 while this replica is the active one", registry=r)
+
+    def serve(self, port: int) -> None:
+        import prometheus_client as pc
+
+        pc.start_http_server(port, registry=self.registry)
+
+
+# --- the controller ----------------------------------------------------------------------------
+
+
+class Controller:
+    """The domain logic; kopf only feeds it events (see :func:`build_registry`).
+    Every method is blocking and thread-safe; kopf runs them in its thread pool."""
+
+    def __init__(self, config: Config, client: KubeClient, *, metrics: Optional[Metrics] = None) -> None:
+        self.config = config
+        self.client = client
+        self.store = KubeStore(config.ranges, config.quarantine, client=client,
+                               namespace=config.namespace)
+        self.metrics = metrics
+        self._lock = threading.RLock()
+        self.workloads: Dict[str, Workload] = {}
+        self.pods: Dict[str, PodInfo] = {}
+        self.rs_owner: Dict[str, Optional[str]] = {}     # ReplicaSet uid -> Deployment uid
+        self.bodies: Dict[str, Tuple[Kind, dict]] = {}   # last body of workloads to retry
+        self.retry_at: Dict[str, Tuple[float, int]] = {}  # uid -> (when, attempt)
+        self._events_sent: Dict[Tuple[str, str], float] = {}
+        self._leader = not config.leader_election
+        self._stop = threading.Event()
+        self.started = time.monotonic()
+        self._threads: List[threading.Thread] = []
+        self.kinds_by_gvk = {(k.api_version, k.kind): k for k in config.kinds}
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if self._leader else 0)
+        for target, name in ((self._resync_loop, "vni-resync"), (self._retry_loop, "vni-retry")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        if self.config.leader_election:
+            t = threading.Thread(target=self._election_loop, name="vni-leader", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        if self.config.leader_election and self._leader:
+            self._resign()
+
+    @property
+    def active(self) -> bool:
+        """Whether this replica writes.  Without leader election every replica does,
+        which is correct (allocation is an atomic create) but doubles the API load."""
+        return self._leader
+
+    # -- events from kopf --
+
+    def on_replicaset(self, body: dict, deleted: bool) -> None:
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid:
+            return
+        ref = controller_ref(meta)
+        if deleted:
+            with self._lock:
+                self.rs_owner.pop(uid, None)
+        else:
+            owner = ref.get("uid") if ref and ref.get("kind") == "Deployment" else None
+            with self._lock:
+                known = uid in self.rs_owner
+                self.rs_owner[uid] = owner
+            if not known:
+                self._stamp_pods_of({uid})
+        if not (ref and ref.get("kind") == "Deployment"):
+            self.on_workload(REPLICASET, body, deleted)  # a bare ReplicaSet is top-level
+
+    def on_workload(self, kind: Kind, body: dict, deleted: bool) -> None:
+        meta = body.get("metadata") or {}
+        uid, ns, name = meta.get("uid"), meta.get("namespace"), meta.get("name")
+        if not uid or not ns:
+            return
+        ref = controller_ref(meta)
+        if kind == POD:
+            self._on_pod(body, deleted)
+            if ref is not None:
+                return  # a workload's pod; or a generic owner's (see _generic_owner)
+        if ref is not None and self._watched_ref(ref):
+            return  # not top-level: its owner's VNI covers it
+        req = parse_request(body)
+        with self._lock:
+            wl = self.workloads.get(uid)
+            if wl is None:
+                if not req.asks:
+                    return  # the common case: nothing asked, nothing held (resync
+                    # catches a VNI held from before a restart)
+                wl = self.workloads[uid] = Workload(uid, ns, name, kind)
+            wl.request = req
+            wl.finished = is_finished(kind, body)
+            self.bodies[uid] = (kind, body)
+        gone = deleted or bool(meta.get("deletionTimestamp"))
+        self.reconcile(wl, gone=gone)
+
+    def _watched_ref(self, ref: dict) -> bool:
+        k = self.kinds_by_gvk.get((ref.get("apiVersion"), ref.get("kind")))
+        return k is not None and k != POD
+
+    def _on_pod(self, body: dict, deleted: bool) -> None:
+        meta = body.get("metadata") or {}
+        uid = meta["uid"]
+        ref = controller_ref(meta)
+        if deleted:
+            with self._lock:
+                info = self.pods.pop(uid, None)
+            if info and info.owner_uid:
+                self._maybe_release_generic(info.owner_uid)
+            return
+        cond = None
+        for c in (body.get("status") or {}).get("conditions") or ():
+            if c.get("type") == POD_CONDITION:
+                cond = (c.get("status"), c.get("reason") or "", c.get("message") or "")
+        with self._lock:
+            info = self.pods.get(uid)
+            if info is None:
+                info = self.pods[uid] = PodInfo(meta.get("namespace"), meta.get("name"),
+                                                ref.get("uid") if ref else None, ref)
+            info.stamped = cond
+        if ref is not None and not self._watched_ref(ref):
+            self._generic_owner(body, ref)
+        self._stamp_pod(uid)
+
+    def _generic_owner(self, pod: dict, ref: dict) -> None:
+        """A pod whose controller we do not watch asks for a VNI: the VNI belongs to that
+        owner (shared by its pods) and lives as long as any of its pods runs."""
+        meta = pod.get("metadata") or {}
+        req = parse_request(pod)
+        uid = ref.get("uid")
+        if not uid:
+            return
+        with self._lock:
+            wl = self.workloads.get(uid)
+            if wl is None:
+                if not req.asks:
+                    return
+                kind = Kind(*(ref.get("apiVersion", "").rpartition("/")[::2]),
+                            (ref.get("kind") or "").lower() + "s", ref.get("kind") or "")
+                wl = self.workloads[uid] = Workload(uid, meta.get("namespace"),
+                                                    ref.get("name") or "", kind, generic=True)
+            if req.asks:
+                wl.request = req
+        self.reconcile(wl, gone=False)
+
+    def _maybe_release_generic(self, owner_uid: str) -> None:
+        with self._lock:
+            wl = self.workloads.get(owner_uid)
+            if wl is None or not wl.generic:
+                return
+            if any(p.owner_uid == owner_uid for p in self.pods.values()):
+                return
+        self.reconcile(wl, gone=True)
+
+    def on_claim(self, body: dict, deleted: bool) -> None:
+        if not self.active:
+            return
+        meta = body.get("metadata") or {}
+        ns, name, uid = meta.get("namespace"), meta.get("name"), meta.get("uid")
+        if not uid:
+            return
+        key = f"claim:{uid}"
+        if deleted and not meta.get("finalizers"):
+            return  # removed by us (released) or forcibly (resync releases it)
+        try:
+            if meta.get("deletionTimestamp"):
+                users = self._claim_users(ns, name)
+                if users:
+                    self._claim_status(ns, name, None, "False", "InUse",
+                                       f"deleting: still used by {', '.join(sorted(users)[:5])}")
+                    self._schedule_retry(uid, ("claim", body))
+                    return
+                if self.store.release(key) and self.metrics:
+                    self.metrics.releases.labels("claim-deleted").inc()
+                self._remove_finalizer(ns, name, meta)
+                log.info("released VNI of deleted claim", extra={"namespace": ns, "claim": name})
+                return
+            if FINALIZER not in (meta.get("finalizers") or []):
+                self.client.patch(CLAIM.path(ns, name), {"metadata": {
+                    "finalizers": list(meta.get("finalizers") or []) + [FINALIZER]}})
+            t0 = time.monotonic()
+            v = self.store.acquire(key, owner=f"{ns}/VniClaim/{name}",
+                                   holder={"apiVersion": API_VERSION, "kind": "VniClaim",
+                                           "namespace": ns, "name": name, "uid": uid})
+            if (body.get("status") or {}).get("vni") != v:
+                if self.metrics:
+                    self.metrics.allocations.inc()
+                    self.metrics.latency.observe(time.monotonic() - t0)
+                self._claim_status(ns, name, v, "True", "Allocated", f"VNI {v}")
+                self._event(body, CLAIM, "Normal", "Allocated", f"VNI {v}")
+            self.retry_at.pop(uid, None)
+        except VniExhausted as e:
+            self._claim_status(ns, name, None, "False", "Exhausted", str(e))
+            self._error(body, CLAIM, "Exhausted", str(e))
+            self._schedule_retry(uid, ("claim", body))
+        except (VniError, KubeError) as e:
+            self._error(body, CLAIM, "ApiError", str(e))
+            self._schedule_retry(uid, ("claim", body))
+
+    # -- the reconcile step --
+
+    def reconcile(self, wl: Workload, *, gone: bool) -> None:
+        """Converge one workload: hold the VNIs it asks for while it runs, release them
+        when it is finished or gone, and stamp the result on its pods."""
+        if not self.active:
+            return
+        if gone or wl.finished or not wl.request.asks:
+            self._release(wl, "deleted" if gone else "completed" if wl.finished else "unannotated")
+            if gone:
+                with self._lock:
+                    self.workloads.pop(wl.uid, None)
+                    self.bodies.pop(wl.uid, None)
+                    self.retry_at.pop(wl.uid, None)
+            return
+        req = wl.request
+        before = (wl.vnis, wl.reason)
+        try:
+            if req.invalid:
+                raise _Refused(req.invalid_reason, req.invalid)
+            vnis = []
+            if req.own:
+                t0 = time.monotonic()
+                had = self.store.get(wl.key)
+                v = had if had is not None else self.store.acquire(
+                    wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder)
+                if had is None:
+                    self._allocated(wl, v, time.monotonic() - t0)
+                vnis.append(v)
+            for claim in req.claims:
+                vnis.append(self._redeem(wl, claim))
+            wl.vnis, wl.reason, wl.message = tuple(sorted(set(vnis))), "Allocated", ""
+            with self._lock:
+                self.retry_at.pop(wl.uid, None)
+        except _Refused as e:
+            wl.vnis, wl.reason, wl.message = (), e.reason, e.message
+            if before != (wl.vnis, wl.reason):
+                self._error(self._body(wl), wl.kind, e.reason, e.message)
+            if e.retry:
+                self._schedule_retry(wl.uid)
+        except VniExhausted as e:
+            wl.vnis, wl.reason, wl.message = (), "Exhausted", str(e)
+            self._error(self._body(wl), wl.kind, "Exhausted", str(e))
+            self._schedule_retry(wl.uid)
+        except (VniError, KubeError) as e:
+            # keep what the pods already have; only say "not ready" if they have nothing
+            if not wl.vnis:
+                wl.reason, wl.message = "ApiError", str(e)
+            self._error(self._body(wl), wl.kind, "ApiError", str(e))
+            self._schedule_retry(wl.uid)
+        self._stamp_pods_of({wl.uid})
+
+    def _redeem(self, wl: Workload, claim: str) -> int:
+        try:
+            c = self.client.get(CLAIM.path(wl.namespace, claim))
+        except KubeError as e:
+            if e.not_found:
+                raise _Refused("ClaimNotFound", f"no VniClaim {claim!r} in namespace "
+                               f"{wl.namespace}", retry=True) from e
+            raise
+        md = c.get("metadata") or {}
+        if md.get("deletionTimestamp"):
+            raise _Refused("ClaimNotReady", f"VniClaim {claim!r} is being deleted", retry=True)
+        # The claim's own status is tenant-adjacent; the key record is ours alone.
+        v = self.store.get(f"claim:{md.get('uid')}")
+        if v is None:
+            self.on_claim(c, False)
+            v = self.store.get(f"claim:{md.get('uid')}")
+        if v is None:
+            raise _Refused("ClaimNotReady", f"VniClaim {claim!r} has no VNI yet", retry=True)
+        return v
+
+    def _allocated(self, wl: Workload, v: int, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.allocations.inc()
+            self.metrics.latency.observe(time.monotonic() - wl.seen)
+        log.info("allocated VNI %d to %s %s/%s", v, wl.kind.kind, wl.namespace, wl.name,
+                 extra={"vni": v, "namespace": wl.namespace, "workload": wl.name,
+                        "kind": wl.kind.kind, "uid": wl.uid, "seconds": round(seconds, 4)})
+        self._event(self._body(wl), wl.kind, "Normal", "VniAllocated", f"VNI {v}")
+
+    def _release(self, wl: Workload, cause: str) -> None:
+        try:
+            if self.store.release(wl.key):
+                if self.metrics:
+                    self.metrics.releases.labels(cause).inc()
+                log.info("released VNI of %s %s/%s (%s)", wl.kind.kind, wl.namespace, wl.name,
+                         cause, extra={"namespace": wl.namespace, "workload": wl.name,
+                                       "uid": wl.uid, "cause": cause})
+        except VniError as e:
+            self._error(self._body(wl), wl.kind, "ApiError", f"release: {e}")
+            self._schedule_retry(wl.uid)
+            return
+        wl.vnis, wl.reason, wl.message = (), "Released", cause
+
+    # -- pods --
+
+    def _top_uid(self, info: PodInfo) -> Optional[str]:
+        """The uid of the pod's top-level workload; None while unknown."""
+        if info.owner_ref is None:
+            return None
+        uid = info.owner_uid
+        if info.owner_ref.get("kind") == "ReplicaSet":
+            with self._lock:
+                if uid not in self.rs_owner:
+                    return None
+                return self.rs_owner[uid] or uid
+        return uid
+
+    def _stamp_pods_of(self, uids: Set[str]) -> None:
+        with self._lock:
+            todo = [pid for pid, p in self.pods.items()
+                    if p.owner_uid in uids or self.rs_owner.get(p.owner_uid or "") in uids
+                    or pid in uids]
+        for pid in todo:
+            self._stamp_pod(pid)
+
+    def _stamp_pod(self, pod_uid: str) -> None:
+        if not self.active:
+            return
+        with self._lock:
+            info = self.pods.get(pod_uid)
+            if info is None:
+                return
+            top = pod_uid if info.owner_ref is None else self._top_uid(info)
+            wl = self.workloads.get(top) if top else None
+            want = wl.condition() if wl is not None else None
+            if want is None or want == info.stamped:
+                return
+        body = {"status": {"conditions": [{
+            "type": POD_CONDITION, "status": want[0], "reason": want[1], "message": want[2],
+            "lastTransitionTime": format_time(time.time())}]}}
+        try:
+            self.client.patch(POD.path(info.namespace, info.name, "status"), body, strategic=True)
+            with self._lock:
+                info.stamped = want
+        except KubeError as e:
+            if not e.not_found:
+                log.warning("cannot stamp pod %s/%s: %s", info.namespace, info.name, e)
+                if top:
+                    self._schedule_retry(top)
+
+    # -- claims helpers --
+
+    def _claim_users(self, ns: str, name: str) -> List[str]:
+        """Workloads in ``ns`` that redeem claim ``name`` and still run (from the API,
+        not from this replica's memory, so a fresh replica decides the same)."""
+        users = []
+        for kind in self.config.kinds:
+            try:
+                items = self.client.list(kind.path(ns))
+            except KubeError as e:
+                if e.not_found:
+                    continue
+                raise
+            for o in items:
+                meta = o.get("metadata") or {}
+                if meta.get("deletionTimestamp") and kind != POD:
+                    continue
+                ref = controller_ref(meta)
+                if ref is not None and self._watched_ref(ref):
+                    continue
+                if name in parse_request(o).claims and not is_finished(kind, o):
+                    users.append(f"{kind.kind}/{meta.get('name')}")
+        return users
+
+    def _claim_status(self, ns: str, name: str, vni: Optional[int], status: str, reason: str,
+                      message: str) -> None:
+        st: Dict[str, Any] = {"conditions": [{
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": format_time(time.time())}]}
+        if vni is not None:
+            st["vni"] = vni
+            st["vniObject"] = f"vni-{vni}"
+        try:
+            self.client.patch(CLAIM.path(ns, name, "status"), {"status": st})
+        except KubeError as e:
+            if not e.not_found:
+                raise
+
+    def _remove_finalizer(self, ns: str, name: str, meta: dict) -> None:
+        fins = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
+        try:
+            self.client.patch(CLAIM.path(ns, name), {"metadata": {"finalizers": fins or None}})
+        except KubeError as e:
+            if not e.not_found:
+                raise
+
+    # -- events, errors, retries --
+
+    def _body(self, wl: Workload) -> dict:
+        with self._lock:
+            kb = self.bodies.get(wl.uid)
+        if kb is not None:
+            return kb[1]
+        return {"metadata": {"namespace": wl.namespace, "name": wl.name, "uid": wl.uid},
+                "apiVersion": wl.kind.api_version, "kind": wl.kind.kind}
+
+    def _error(self, body: dict, kind: Kind, reason: str, message: str) -> None:
+        if self.metrics:
+            self.metrics.errors.labels(reason).inc()
+        meta = body.get("metadata") or {}
+        log.warning("%s %s/%s: %s: %s", kind.kind, meta.get("namespace"), meta.get("name"),
+                    reason, message, extra={"reason": reason, "namespace": meta.get("namespace"),
+                                            "workload": meta.get("name")})
+        self._event(body, kind, "Warning", reason, message)
+
+    def _event(self, body: dict, kind: Kind, etype: str, reason: str, message: str) -> None:
+        meta = body.get("metadata") or {}
+        ns = meta.get("namespace") or "default"
+        k = (meta.get("uid") or "", reason)
+        now = time.monotonic()
+        with self._lock:
+            if now - self._events_sent.get(k, -1e9) < 60:
+                return  # one Event per object and reason a minute
+            self._events_sent[k] = now
+        ts = format_time(time.time())
+        try:
+            self.client.create(KubeClient.path("", "v1", "events", ns), {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"generateName": f"{meta.get('name', 'vni')}.", "namespace": ns},
+                "involvedObject": {"apiVersion": kind.api_version, "kind": kind.kind,
+                                   "namespace": meta.get("namespace"), "name": meta.get("name"),
+                                   "uid": meta.get("uid")},
+                "type": etype, "reason": reason, "message": message[:1024],
+                "source": {"component": "pycxi-vni-controller"},
+                "reportingComponent": "vni.pycxi.dev/controller",
+                "reportingInstance": self.config.identity,
+                "firstTimestamp": ts, "lastTimestamp": ts, "count": 1})
+        except KubeError as e:
+            log.debug("cannot post event: %s", e)
+
+    def _schedule_retry(self, uid: str, what: Any = None) -> None:
+        with self._lock:
+            _, attempt = self.retry_at.get(uid, (0.0, 0))
+            delay = min(60.0, 0.5 * (2 ** attempt)) * random.uniform(0.8, 1.2)
+            self.retry_at[uid] = (time.monotonic() + delay, attempt + 1)
+            if what is not None:
+                self.bodies[uid] = (CLAIM, what[1]) if what[0] == "claim" else what
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                due = [uid for uid, (t, _) in self.retry_at.items() if t <= now]
+                for uid in due:
+                    t, a = self.retry_at[uid]
+                    self.retry_at[uid] = (now + 3600, a)  # until the retry reschedules or clears
+            for uid in due:
+                try:
+                    self._retry(uid)
+                except Exception:  # never let the loop die
+                    log.exception("retry of %s failed", uid)
+                    self._schedule_retry(uid)
+
+    def _retry(self, uid: str) -> None:
+        with self._lock:
+            kb = self.bodies.get(uid)
+            wl = self.workloads.get(uid)
+        if kb is not None and kb[0] == CLAIM:
+            kind, body = kb
+            try:
+                fresh = self.client.get(CLAIM.path(body["metadata"]["namespace"],
+                                                   body["metadata"]["name"]))
+            except KubeError as e:
+                if e.not_found:
+                    with self._lock:
+                        self.retry_at.pop(uid, None)
+                    return
+                raise
+            self.on_claim(fresh, False)
+            return
+        if wl is not None:
+            self.reconcile(wl, gone=False)
+        else:
+            with self._lock:
+                self.retry_at.pop(uid, None)
+
+    # -- resync: the safety net for missed events, crashes and restarts --
+
+    def _resync_loop(self) -> None:
+        while not self._stop.wait(self.config.resync):
+            try:
+                self.resync()
+            except Exception:
+                log.exception("resync failed")
+
+    def resync(self) -> None:
+        """Release every VNI whose holder is gone or finished (checked by GET, not from
+        memory), quarantine orphans, drop expired quarantines, update the gauges."""
+        if self.metrics:
+            self.metrics.leader.set(1 if self.active else 0)
+        if not self.active:
+            return
+        entries = self.store.list_objects()
+        for a, obj in entries:
+            if a.state != STATE_ALLOCATED:
+                continue
+            holder = (obj.get("spec") or {}).get("holder") or {}
+            if not holder.get("uid"):
+                continue
+            if self._holder_gone(holder):
+                if self.store.release(a.key) and self.metrics:
+                    self.metrics.releases.labels("resync").inc()
+                log.info("resync released VNI %d of %s %s/%s", a.vni, holder.get("kind"),
+                         holder.get("namespace"), holder.get("name"))
+        self.store.gc()
+        if self.metrics:
+            entries = self.store.list_objects()
+            alloc = sum(1 for a, _ in entries if a.state == STATE_ALLOCATED)
+            quar = sum(1 for a, _ in entries if a.state == STATE_QUARANTINED)
+            self.metrics.allocated.set(alloc)
+            self.metrics.quarantined.set(quar)
+            size = sum(hi - lo + 1 for lo, hi in self.config.ranges) - sum(
+                1 for v in (0, 1, 10) if any(lo <= v <= hi for lo, hi in self.config.ranges))
+            in_range = sum(1 for a, _ in entries if any(lo <= a.vni <= hi for lo, hi in self.config.ranges))
+            self.metrics.free.set(max(0, size - in_range))
+
+    def _holder_gone(self, holder: dict) -> bool:
+        if holder.get("kind") == "VniClaim":
+            path = CLAIM.path(holder.get("namespace"), holder.get("name"))
+            kind = CLAIM
+        else:
+            kind = self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
+            if kind is None:
+                # a generic owner: held while any of its pods exists, which only a warm
+                # index can tell
+                if time.monotonic() - self.started < max(10.0, 2 * self.config.resync):
+                    return False
+                with self._lock:
+                    return not any(p.owner_uid == holder["uid"] for p in self.pods.values()) \
+                        and holder["uid"] not in self.workloads
+            path = kind.path(holder.get("namespace"), holder.get("name"))
+        try:
+            obj = self.client.get(path)
+        except KubeError as e:
+            if e.not_found:
+                return True
+            raise
+        meta = obj.get("metadata") or {}
+        if meta.get("uid") != holder["uid"]:
+            return True  # same name, a new object
+        if kind == CLAIM:
+            return False  # claims go through their finalizer
+        if kind == POD and controller_ref(meta) is None:
+            return is_finished(kind, obj) or not parse_request(obj).asks
+        return is_finished(kind, obj) or not parse_request(obj).asks
+
+    # -- leader election (optional: for efficiency, not for correctness) --
+
+    def _lease_path(self, name: Optional[str] = None) -> str:
+        return KubeClient.path("coordination.k8s.io", "v1", "leases", self.config.namespace, name)
+
+    def _election_loop(self) -> None:
+        name = "pycxi-vni-controller"
+        period = max(0.2, self.config.lease_duration / 3)
+        while not self._stop.is_set():
+            try:
+                leading = self._try_lead(name)
+            except (KubeError, VniError) as e:
+                log.warning("leader election: %s", e)
+                leading = False
+            if leading != self._leader:
+                log.info("leadership %s", "acquired" if leading else "lost",
+                         extra={"identity": self.config.identity})
+                self._leader = leading
+                if self.metrics:
+                    self.metrics.leader.set(1 if leading else 0)
+                if leading:
+                    self._catch_up()
+            self._stop.wait(period)
+
+    def _try_lead(self, name: str) -> bool:
+        now = time.time()
+        me = self.config.identity
+        spec = {"holderIdentity": me, "leaseDurationSeconds": int(self.config.lease_duration),
+                "renewTime": format_time(now)}
+        try:
+            lease = self.client.get(self._lease_path(name))
+        except KubeError as e:
+            if not e.not_found:
+                raise
+            try:
+                self.client.create(self._lease_path(), {
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": self.config.namespace},
+                    "spec": {**spec, "acquireTime": format_time(now)}})
+                return True
+            except KubeError as e2:
+                if e2.conflict:
+                    return False
+                raise
+        s = lease.get("spec") or {}
+        from pycxi.vni.kstore import parse_time
+        renewed = parse_time(s.get("renewTime")) or 0.0
+        dur = float(s.get("leaseDurationSeconds") or self.config.lease_duration)
+        if s.get("holderIdentity") != me and now < renewed + dur and s.get("holderIdentity"):
+            return False
+        try:
+            self.client.patch(self._lease_path(name), {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": spec if s.get("holderIdentity") == me else {**spec, "acquireTime": format_time(now)}})
+            return True
+        except KubeError as e:
+            if e.conflict:
+                return False
+            raise
+
+    def _resign(self) -> None:
+        try:
+            self.client.patch(self._lease_path("pycxi-vni-controller"),
+                              {"spec": {"holderIdentity": None}})
+        except KubeError:
+            pass
+
+    def _catch_up(self) -> None:
+        """Became active: reconcile everything this replica saw while standing by."""
+        with self._lock:
+            wls = list(self.workloads.values())
+            bodies = [kb for kb in self.bodies.values() if kb[0] == CLAIM]
+        for kind, body in bodies:
+            self.on_claim(body, False)
+        for wl in wls:
+            try:
+                self.reconcile(wl, gone=False)
+            except Exception:
+                log.exception("catch-up of %s failed", wl.uid)
+        with self._lock:
+            pods = list(self.pods)
+        for pid in pods:
+            self._stamp_pod(pid)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retry = reason, message, retry
+
+
+# --- kopf wiring -----------------------------------------------------------------------------------
+
+
+def build_registry(ctrl: Controller) -> Any:
+    """kopf handlers for ``ctrl`` on a private registry (importing this module
+    registers nothing)."""
+    import kopf
+
+    reg = kopf.OperatorRegistry()
+
+    def _deleted(type: Optional[str], body: Any) -> bool:
+        return type == "DELETED"
+
+    for kind in ctrl.config.kinds:
+        if kind == REPLICASET:
+            @kopf.on.event(kind.group, kind.version, kind.plural, registry=reg)
+            def rs_event(type: Optional[str], body: Any, **_: Any) -> None:
+                ctrl.on_replicaset(dict(body), _deleted(type, body))
+        else:
+            def make(k: Kind) -> Any:
+                def wl_event(type: Optional[str], body: Any, **_: Any) -> None:
+                    ctrl.on_workload(k, dict(body), _deleted(type, body))
+                wl_event.__name__ = f"event_{k.group or 'core'}_{k.plural}".replace(".", "_")
+                return wl_event
+            kopf.on.event(kind.group, kind.version, kind.plural, registry=reg,
+                          id=f"vni-{kind.group or 'core'}-{kind.plural}")(make(kind))
+
+    @kopf.on.event(GROUP, VERSION, CLAIM_PLURAL, registry=reg)
+    def claim_event(type: Optional[str], body: Any, **_: Any) -> None:
+        ctrl.on_claim(dict(body), _deleted(type, body))
+
+    @kopf.on.login(registry=reg)
+    def login(**kwargs: Any) -> Any:
+        # kubeconfig first (a file we were given), then the pod's service account
+        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+
+    @kopf.on.startup(registry=reg)
+    def startup(settings: Any, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=f"operator.{GROUP}")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=f"operator.{GROUP}")
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 16
+        settings.batching.batch_window = 0.05
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = 30
+        ctrl.start()
+
+    @kopf.on.cleanup(registry=reg)
+    def cleanup(**_: Any) -> None:
+        ctrl.stop()
+
+    return reg
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pycxi.vni.controller",
+                                 description="The pycxi VNI controller (kopf).")
+    ap.add_argument("--kubeconfig", help="default: $KUBECONFIG, then in-cluster")
+    ap.add_argument("--ranges", help="VNI ranges, e.g. 1024-65535 ($PYCXI_VNI_RANGES)")
+    ap.add_argument("--quarantine", type=float, help="seconds ($PYCXI_VNI_QUARANTINE)")
+    ap.add_argument("--namespace", help="for key records and the leader Lease")
+    ap.add_argument("--resync", type=float, help="seconds between full checks")
+    ap.add_argument("--metrics-port", type=int, help="0 disables ($PYCXI_VNI_METRICS_PORT)")
+    ap.add_argument("--no-leader-election", action="store_true",
+                    help="every replica writes (correct, but more API traffic)")
+    ap.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ap.add_argument("--log-format", choices=("plain", "json"), default="json")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+
+    cfg = Config.from_env()
+    if args.ranges:
+        cfg.ranges = parse_ranges(args.ranges)
+    if args.quarantine is not None:
+        cfg.quarantine = args.quarantine
+    if args.namespace:
+        cfg.namespace = args.namespace
+    if args.resync is not None:
+        cfg.resync = args.resync
+    if args.metrics_port is not None:
+        cfg.metrics_port = args.metrics_port
+    if args.no_leader_election:
+        cfg.leader_election = False
+
+    import asyncio
+
+    import kopf
+
+    # The application, not the library, configures logging.
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if args.log_format == "json"
+                   else kopf.LogFormat.FULL, log_prefix=False)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    client = KubeClient(KubeConfig.load(args.kubeconfig), timeout=10.0, user_agent="pycxi-vni-controller")
+    metrics = Metrics()
+    if cfg.metrics_port:
+        metrics.serve(cfg.metrics_port)
+    ctrl = Controller(cfg, client, metrics=metrics)
+    log.info("starting", extra={"ranges": format_ranges(cfg.ranges), "quarantine": cfg.quarantine,
+                                "identity": cfg.identity, "leader_election": cfg.leader_election})
+    reg = build_registry(ctrl)
+    asyncio.run(kopf.operator(registry=reg, clusterwide=True, standalone=True,
+                              liveness_endpoint=args.liveness))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
