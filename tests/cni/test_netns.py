@@ -161,6 +161,8 @@ def test_status_without_devices(cni_env):
 
 
 def test_multi_nic_failure_rolls_back_first(cni_env, netns):
+    # 13.1/14.0.0 rule on the software device: any profile overlap is EEXIST
+    assert sim_reset(2, dict(os.environ, PYCXI_SIM_STRICT_VNI_OVERLAP="1")).returncode == 0
     # cxi1 refuses: VNI 1600 is already owned by another service there (EEXIST)
     blocker = int(pyrun("import pycxi; print(pycxi.Device('cxi1').alloc_svc("
                         "pycxi.SvcDesc(vnis=[1600], members=[pycxi.SvcMember.uid(4242)])))"))
