@@ -58,7 +58,9 @@ def _compiles(code, incs, libdirs, libs, link):
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
             f.write("#include <libcxi/libcxi.h>\n" + code)
-        cmd = [cc, src, "-o", os.path.join(tmp, "probe")] + [f"-I{d}" for d in incs]
+        # An undeclared function must not pass for a declared one (gcc < 14 only warns).
+        cmd = [cc, "-Werror=implicit-function-declaration", src, "-o",
+               os.path.join(tmp, "probe")] + [f"-I{d}" for d in incs]
         if link:
             cmd += [f"-L{d}" for d in libdirs] + [f"-l{n}" for n in libs]
         else:
@@ -101,7 +103,9 @@ def _extensions():
 
     cfg = _config()
     common = dict(include_dirs=cfg["include_dirs"], define_macros=cfg["define_macros"],
-                  extra_compile_args=["-O2", "-Wno-unused-function"])
+                  # -O2 unless CFLAGS chooses a level (the CI builds use -O0)
+                  extra_compile_args=([] if "-O" in os.environ.get("CFLAGS", "") else ["-O2"])
+                  + ["-Wno-unused-function"])
     exts = [
         Extension("pycxi.svc", ["pycxi/svc.pyx"], **common),
         Extension("pycxi.device", ["pycxi/device.pyx", *cfg["sources"]], libraries=cfg["libraries"],

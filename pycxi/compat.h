@@ -27,19 +27,59 @@
 #endif
 #else
 #define PYCXI_BACKEND_NAME "libcxi"
+/*
+ * The software device's extras, weakly: a real libcxi has none of them (the
+ * calls return -EOPNOTSUPP), while pycxi's software device built as a shared
+ * libcxi.so (how CI exercises this path) exports them and they work.
+ */
 struct pycxi_sim_status {
 	unsigned int services, enabled_services, lnis, profiles, rmu_used,
 		rgids_used, tle_pools_used, le_pools_used, reaped_lnis,
 		recoveries;
 	uint16_t reserved[8];
 };
-static inline const char *pycxi_sim_root(void) { return ""; }
-static inline int pycxi_sim_reset(unsigned int n) { (void)n; return -EOPNOTSUPP; }
-static inline int pycxi_sim_get_status(unsigned int d, struct pycxi_sim_status *s)
-{ (void)d; (void)s; return -EOPNOTSUPP; }
-static inline int pycxi_sim_check(unsigned int d, char *m, size_t l)
-{ (void)d; (void)m; (void)l; return -EOPNOTSUPP; }
+extern const char *pycxi_sim_root(void) __attribute__((weak));
+extern int pycxi_sim_reset(unsigned int ndev) __attribute__((weak));
+extern int pycxi_sim_get_status(unsigned int dev_id, struct pycxi_sim_status *st)
+	__attribute__((weak));
+extern int pycxi_sim_check(unsigned int dev_id, char *msg, size_t len)
+	__attribute__((weak));
+#define PYCXI_SIM_WEAK 1
 #endif
+
+/* The extras as pycxi calls them (device.pyx): -EOPNOTSUPP where absent. */
+static inline const char *pycxi_x_sim_root(void)
+{
+#ifdef PYCXI_SIM_WEAK
+	if (!pycxi_sim_root)
+		return "";
+#endif
+	return pycxi_sim_root();
+}
+static inline int pycxi_x_sim_reset(unsigned int n)
+{
+#ifdef PYCXI_SIM_WEAK
+	if (!pycxi_sim_reset)
+		return -EOPNOTSUPP;
+#endif
+	return pycxi_sim_reset(n);
+}
+static inline int pycxi_x_sim_get_status(unsigned int d, struct pycxi_sim_status *s)
+{
+#ifdef PYCXI_SIM_WEAK
+	if (!pycxi_sim_get_status)
+		return -EOPNOTSUPP;
+#endif
+	return pycxi_sim_get_status(d, s);
+}
+static inline int pycxi_x_sim_check(unsigned int d, char *m, size_t l)
+{
+#ifdef PYCXI_SIM_WEAK
+	if (!pycxi_sim_check)
+		return -EOPNOTSUPP;
+#endif
+	return pycxi_sim_check(d, m, l);
+}
 
 /* The ABI value of CXI_SVC_MEMBER_NET_NS, also where the header lacks it. */
 #define PYCXI_SVC_MEMBER_NET_NS 3

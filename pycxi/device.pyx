@@ -25,6 +25,13 @@ NETNS_METHODS = frozenset(
 _U32_MAX = 0xFFFFFFFF
 
 
+def _netns_detail(rc, svc_id):
+    if rc == -_errno.EOPNOTSUPP and "set_netns" not in NETNS_METHODS:
+        return (f"svc_id {svc_id}: this libcxi has no cxil_svc_set_netns/get_netns "
+                f"(SHS <= 13.1 without pycxi's patches)")
+    return f"svc_id {svc_id}"
+
+
 cdef inline unsigned int _svc_id(object svc_id) except? 0:
     if type(svc_id) is not int and (isinstance(svc_id, bool) or not isinstance(svc_id, int)):
         raise CxiUserError(f"svc_id must be an integer, got {svc_id!r}")
@@ -287,7 +294,7 @@ cdef class Device:
         self._svc_call_check()
         cdef int rc = pycxi_svc_set_netns(self.dev, _svc_id(svc_id), netns)
         if rc < 0:
-            raise from_rc(rc, "cxil_svc_set_netns", detail=f"svc_id {svc_id}")
+            raise from_rc(rc, "cxil_svc_set_netns", detail=_netns_detail(rc, svc_id))
 
     def get_netns(self, svc_id):
         """The smallest netns of a service (``cxil_svc_get_netns``); EINVAL if none."""
@@ -295,7 +302,7 @@ cdef class Device:
         self._svc_call_check()
         cdef int rc = pycxi_svc_get_netns(self.dev, _svc_id(svc_id), &value)
         if rc < 0:
-            raise from_rc(rc, "cxil_svc_get_netns", detail=f"svc_id {svc_id}")
+            raise from_rc(rc, "cxil_svc_get_netns", detail=_netns_detail(rc, svc_id))
         return value
 
     def alloc_netns_svc(self, netns, vnis, tcs=None, limits=None, method="auto"):

@@ -182,7 +182,7 @@ cdef extern from "compat.h" nogil:
         unsigned int reaped_lnis
         unsigned int recoveries
         uint16_t reserved[8]
-    const char *pycxi_sim_root()
-    int pycxi_sim_reset(unsigned int ndev)
-    int pycxi_sim_get_status(unsigned int dev_id, pycxi_sim_status *st)
-    int pycxi_sim_check(unsigned int dev_id, char *msg, size_t len)
+    const char *pycxi_sim_root "pycxi_x_sim_root"()
+    int pycxi_sim_reset "pycxi_x_sim_reset"(unsigned int ndev)
+    int pycxi_sim_get_status "pycxi_x_sim_get_status"(unsigned int dev_id, pycxi_sim_status *st)
+    int pycxi_sim_check "pycxi_x_sim_check"(unsigned int dev_id, char *msg, size_t len)

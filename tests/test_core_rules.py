@@ -12,6 +12,21 @@ def err(excinfo):
     return excinfo.value.errno
 
 
+# -- netns flavours (issue 3): what this build's libcxi headers offer -------------
+def _flavour():
+    m = pycxi.NETNS_METHODS
+    name = {frozenset({"member", "set_netns"}): "patched 12/13.x or sim",
+            frozenset({"set_netns"}): "SHS 14", frozenset(): "none (SHS <= 13.1 unpatched)"}
+    return f"{pycxi.BACKEND}, netns flavour {name.get(frozenset(m), sorted(m))}"
+
+
+def needs_netns(*methods):
+    """Skip unless this build binds a netns by each of ``methods``."""
+    missing = [m for m in methods if m not in pycxi.NETNS_METHODS]
+    return pytest.mark.skipif(bool(missing), reason=f"netns method {'/'.join(missing)} "
+                              f"not available in this build ({_flavour()})")
+
+
 def small_limits(**over):
     """resource_limits=1 without a TLE reservation: takes no TLE pool."""
     lim = {"PTE": (16, 0), "TXQ": (16, 0), "TGQ": (16, 0), "EQ": (16, 0), "CT": (16, 0),
@@ -74,6 +89,7 @@ def test_exact_vnis_may_be_shared_but_ranges_may_not_overlap(dev):
     assert err(e) == errno.EEXIST
 
 
+@needs_netns("set_netns")
 def test_default_service_can_be_enabled_and_refuses_set_netns(dev):
     dev.svc_enable(1, True)
     assert dev.get_svc(1).enable
@@ -332,6 +348,7 @@ def test_range_1_1_overlaps_the_default_service_on_a_strict_driver(strict_dev):
 
 
 # -- set_netns / get_netns (b.12, b.13, d.3) ---------------------------------
+@needs_netns("set_netns")
 def test_set_netns_rules(dev):
     svc = dev.alloc_svc(SvcDesc(vnis=[100], restricted_members=True, limits=small_limits()))
     with pytest.raises(CxiLibError) as e:
@@ -367,6 +384,7 @@ def test_set_netns_rules(dev):
     assert err(e) == errno.EINVAL
 
 
+@needs_netns("set_netns")
 def test_set_netns_on_range_service_without_range_gives_enodata(dev):
     d = SvcDesc(restricted_vnis=False, restricted_members=True, limits=small_limits())
     d.num_vld_vnis = 1
@@ -458,6 +476,7 @@ def test_devices_and_reset(sim_root):
     assert pycxi.devices()[0].num_tles == 2048
 
 
+@needs_netns("member", "set_netns")
 def test_netns_method_member_and_set_netns_agree(dev):
     ino = pycxi.netns_inode()
     a = dev.alloc_netns_svc(ino, [100], method="member")
@@ -469,6 +488,7 @@ def test_netns_method_member_and_set_netns_agree(dev):
             lni.alloc_domain(vni).close()
 
 
+@needs_netns("set_netns")
 def test_alloc_netns_svc_rolls_back(dev, monkeypatch):
     before = len(dev.svc_list())
     with pytest.raises(CxiLibError) as e:
@@ -476,3 +496,39 @@ def test_alloc_netns_svc_rolls_back(dev, monkeypatch):
     assert err(e) == errno.EBADR
     assert len(dev.svc_list()) == before
     dev.alloc_svc(SvcDesc(vnis=[100], limits=small_limits()))  # VNI 100 was released
+
+
+@pytest.mark.skipif(bool(pycxi.NETNS_METHODS), reason=f"this build can bind a netns ({_flavour()})")
+def test_without_netns_support_the_netns_calls_are_eopnotsupp(dev):
+    """Flavour none (SHS <= 13.1 unpatched headers): one API, a clear EOPNOTSUPP."""
+    svc = dev.alloc_svc(SvcDesc(vnis=[100], restricted_members=True, limits=small_limits()))
+    dev.svc_enable(svc, False)
+    with pytest.raises(CxiLibError) as e:
+        dev.set_netns(svc, 1000)
+    assert err(e) == errno.EOPNOTSUPP and "no cxil_svc_set_netns" in str(e.value)
+    with pytest.raises(CxiLibError) as e:
+        dev.get_netns(svc)
+    assert err(e) == errno.EOPNOTSUPP
+    before = len(dev.svc_list())
+    for method in ("auto", "member", "set_netns"):
+        with pytest.raises(CxiLibError) as e:
+            dev.alloc_netns_svc(pycxi.netns_inode(), [101], method=method)
+        assert err(e) == errno.EOPNOTSUPP and "network namespace" in str(e.value)
+    assert len(dev.svc_list()) == before  # nothing allocated
+
+
+@pytest.mark.skipif(pycxi.NETNS_METHODS != {"set_netns"},
+                    reason=f"not the SHS 14 flavour ({_flavour()})")
+def test_shs14_auto_method_binds_through_set_netns(dev):
+    """Flavour shs14: no svc_member.netns in the headers, so "auto" uses set_netns and the
+    stored descriptor has no members; method="member" is EOPNOTSUPP."""
+    ino = pycxi.netns_inode()
+    svc = dev.alloc_netns_svc(ino, [100], method="auto")
+    d = dev.get_svc(svc)
+    assert d.members == [] and d.restricted_members and d.enable
+    assert dev.get_netns(svc) == ino
+    with dev.alloc_lni(svc) as lni:
+        lni.alloc_domain(100).close()
+    with pytest.raises(CxiLibError) as e:
+        dev.alloc_netns_svc(ino, [101], method="member")
+    assert err(e) == errno.EOPNOTSUPP
