@@ -47,7 +47,8 @@ __all__ = ["Config", "Controller", "Kind", "WATCHED_KINDS", "build_registry", "m
 
 log = logging.getLogger("pycxi.vni.controller")
 
-FINALIZER = f"{GROUP}/finalizer"
+#: Keeps a claim (and its VNI) while workloads still redeem it, like pvc-protection.
+FINALIZER = f"{GROUP}/claim-protection"
 _TRUE = frozenset({"true", "yes"})
 _FALSE = frozenset({"", "false", "no", "0", "off"})
 
@@ -466,13 +467,13 @@ class Controller:
                 self.client.patch(CLAIM.path(ns, name), {"metadata": {
                     "finalizers": list(meta.get("finalizers") or []) + [FINALIZER]}})
             t0 = time.monotonic()
-            v = self.store.acquire(key, owner=f"{ns}/VniClaim/{name}",
-                                   holder={"apiVersion": API_VERSION, "kind": "VniClaim",
-                                           "namespace": ns, "name": name, "uid": uid})
+            v, new = self.store.acquire_new(key, owner=f"{ns}/VniClaim/{name}",
+                                            holder={"apiVersion": API_VERSION, "kind": "VniClaim",
+                                                    "namespace": ns, "name": name, "uid": uid})
+            if new and self.metrics:
+                self.metrics.allocations.inc()
+                self.metrics.latency.observe(time.monotonic() - t0)
             if (body.get("status") or {}).get("vni") != v:
-                if self.metrics:
-                    self.metrics.allocations.inc()
-                    self.metrics.latency.observe(time.monotonic() - t0)
                 self._claim_status(ns, name, v, "True", "Allocated", f"VNI {v}")
                 self._event(body, CLAIM, "Normal", "Allocated", f"VNI {v}")
             self.retry_at.pop(uid, None)
@@ -507,10 +508,9 @@ class Controller:
             vnis = []
             if req.own:
                 t0 = time.monotonic()
-                had = self.store.get(wl.key)
-                v = had if had is not None else self.store.acquire(
+                v, new = self.store.acquire_new(
                     wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder)
-                if had is None:
+                if new:
                     self._allocated(wl, v, time.monotonic() - t0)
                 vnis.append(v)
             for claim in req.claims:
@@ -961,7 +961,8 @@ def build_registry(ctrl: Controller) -> Any:
 
     @kopf.on.startup(registry=reg)
     def startup(settings: Any, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
+        # kopf's own marker must differ from ours: kopf strips its finalizer on deletion
+        settings.persistence.finalizer = f"operator.{GROUP}/kopf-finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix=f"operator.{GROUP}")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -991,6 +992,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--metrics-port", type=int, help="0 disables ($PYCXI_VNI_METRICS_PORT)")
     ap.add_argument("--no-leader-election", action="store_true",
                     help="every replica writes (correct, but more API traffic)")
+    ap.add_argument("--lease-duration", type=float, help="leader Lease duration, seconds")
     ap.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     ap.add_argument("--log-format", choices=("plain", "json"), default="json")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -1007,6 +1009,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.resync = args.resync
     if args.metrics_port is not None:
         cfg.metrics_port = args.metrics_port
+    if args.lease_duration:
+        cfg.lease_duration = args.lease_duration
     if args.no_leader_election:
         cfg.leader_election = False
 

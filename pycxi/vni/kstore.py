@@ -147,12 +147,18 @@ class KubeStore(VniStore):
                 holder: Optional[Dict[str, Any]] = None) -> int:
         """As :meth:`VniStore.acquire`; ``holder`` (the controller's owner reference:
         apiVersion, kind, namespace, name, uid) is recorded in ``spec.holder``."""
+        return self.acquire_new(key, owner, holder=holder)[0]
+
+    def acquire_new(self, key: str, owner: Optional[str] = None, *,
+                    holder: Optional[Dict[str, Any]] = None) -> Tuple[int, bool]:
+        """:meth:`acquire`, also saying whether this call allocated the VNI (False: the
+        key held it already, or a racing allocator committed first)."""
         key = self._check_key(key)
         name = self._record_name(key)
         for _ in range(8):
             v = self.get(key)
             if v is not None:
-                return v
+                return v, False
             v, obj = self._allocate(key, owner, holder)
             try:
                 self._call(self.client.create, self._lease_path(), {
@@ -162,7 +168,7 @@ class KubeStore(VniStore):
                                  "annotations": {ANN_KEY: key}},
                     "spec": {"holderIdentity": vni_name(v),
                              "acquireTime": format_time(time.time())}})
-                return v
+                return v, True
             except KubeError as e:
                 # 409: another allocator committed this key first.  Our Vni was never
                 # handed to anyone: delete exactly it, then answer with theirs.

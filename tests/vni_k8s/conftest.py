@@ -36,3 +36,13 @@ def client(kubeconfig: str) -> Iterator[KubeClient]:
     c = KubeClient(KubeConfig.load(kubeconfig), timeout=5.0)
     yield c
     c.close()
+
+
+from kcluster import Cluster  # noqa: E402
+
+
+@pytest.fixture
+def cluster(client: KubeClient, kubeconfig: str, tmp_path) -> Iterator[Cluster]:
+    c = Cluster(client, kubeconfig, tmp_path)
+    yield c
+    c.close()
