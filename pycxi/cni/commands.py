@@ -9,7 +9,10 @@ Invariant (design.md #3): every service this plugin creates is recorded under it
 destroyed before ADD returns; DEL and GC leave no service and no record behind.
 """
 import os
-import signal
+try:
+    import _signal as signal     # the C module: same calls, without signal.py's enum set-up
+except ImportError:             # pragma: no cover
+    import signal
 import time
 
 from pycxi.cni import state as st

@@ -1,6 +1,9 @@
 """``cxi``: the CNI plugin executable (console script and installed launcher both call main())."""
 import os
-import signal
+try:
+    import _signal as signal     # the C module: same calls, without signal.py's enum set-up
+except ImportError:             # pragma: no cover
+    import signal
 import sys
 
 from pycxi.cni.errors import CniError, ERR_TRY_AGAIN_LATER

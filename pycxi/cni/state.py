@@ -6,7 +6,7 @@ tmpfs)::
     <dataDir>/lock                               one flock for every cxi network on the node
     <dataDir>/<network>/<containerID>_<ifname>.json
 
-A record is written atomically (temporary file in the same directory, fsync, rename) and only
+A record is written atomically (temporary file in the same directory, then rename) and only
 while the lock is held.  ADD writes it three times: the intent (devices, netns inode, VNIs, no
 service IDs yet) *before* any service exists, then each service ID as soon as the device returns
 it, then ``phase: ready``.  So every service the plugin creates is either recorded or can be
@@ -79,9 +79,10 @@ class StateStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
+        # No fsync: a record must survive the death of the process (rename is atomic), not of
+        # the machine -- CXI services do not survive a reboot either (dataDir is on tmpfs).
         os.rename(tmp, path)
 
     def remove(self, container_id, ifname):
