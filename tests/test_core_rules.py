@@ -16,7 +16,8 @@ def err(excinfo):
 def _flavour():
     m = pycxi.NETNS_METHODS
     name = {frozenset({"member", "set_netns"}): "patched 12/13.x or sim",
-            frozenset({"set_netns"}): "SHS 14", frozenset(): "none (SHS <= 13.1 unpatched)"}
+            frozenset({"set_netns"}): "SHS 14", frozenset({"member"}): "patched 12.0.x",
+            frozenset(): "none (SHS <= 13.1 unpatched)"}
     return f"{pycxi.BACKEND}, netns flavour {name.get(frozenset(m), sorted(m))}"
 
 
@@ -531,4 +532,22 @@ def test_shs14_auto_method_binds_through_set_netns(dev):
         lni.alloc_domain(100).close()
     with pytest.raises(CxiLibError) as e:
         dev.alloc_netns_svc(ino, [101], method="member")
+    assert err(e) == errno.EOPNOTSUPP
+
+
+@pytest.mark.skipif(pycxi.NETNS_METHODS != {"member"},
+                    reason=f"not the patched 12.0.x flavour ({_flavour()})")
+def test_member_only_flavour_binds_through_the_descriptor(dev):
+    """Flavour shs12 (12.0.x + patches: member type, no set_netns ops)."""
+    ino = pycxi.netns_inode()
+    svc = dev.alloc_netns_svc(ino, [100], method="auto")
+    assert dev.get_svc(svc).members == [SvcMember.netns(ino)]
+    with dev.alloc_lni(svc) as lni:
+        lni.alloc_domain(100).close()
+    with pytest.raises(CxiLibError) as e:
+        dev.alloc_netns_svc(ino, [101], method="set_netns")
+    assert err(e) == errno.EOPNOTSUPP
+    dev.svc_enable(svc, False)
+    with pytest.raises(CxiLibError) as e:
+        dev.set_netns(svc, ino)
     assert err(e) == errno.EOPNOTSUPP

@@ -9,6 +9,8 @@ upstream install (``lib/libcxi.so``, ``lib/pkgconfig/libcxi.pc``, headers under
 * ``shs14``   upstream SHS 14.0: ``cxil_svc_set_netns``/``get_netns`` and
   ``CXI_SVC_MEMBER_NET_NS`` = 3, but no ``netns`` field in ``union cxi_svc_member``;
 * ``patched`` our patched SHS 12/13.x headers (``include/`` as it is): both;
+* ``shs12``   SHS 12.0.x with our patches: the member type and ``svc_member.netns``, but no
+  set/get_netns (the 12.0.x kernel has no service enable; the library does not export them);
 * ``none``    SHS 13.1 unpatched: no NET_NS member type (``CXI_SVC_MEMBER_MAX`` = 3), no
   set/get_netns ops or declarations; the library does not export them either.
 
@@ -38,6 +40,7 @@ CC = os.environ.get("CC", "gcc")
 FLAVOURS = {
     "shs14": frozenset({"set_netns"}),
     "patched": frozenset({"member", "set_netns"}),
+    "shs12": frozenset({"member"}),
     "none": frozenset(),
 }
 
@@ -60,12 +63,15 @@ def flavour_headers(flavour):
     if flavour == "patched":
         return out
     abi, lib = out["uapi/ethernet/cxi-abi.h"], out["libcxi/libcxi.h"]
-    # Neither SHS 14 nor unpatched 13.1 has the union field or our feature macro.
-    abi = _sub(abi, r"^[^\n]*\n#define CXI_HAVE_SVC_MEMBER_NET_NS 1\n", "", "CXI_HAVE_SVC_MEMBER_NET_NS")
-    abi = _sub(abi, r"^\s*unsigned int netns;[^\n]*\n", "", "svc_member.netns")
+    if flavour in ("shs14", "none"):
+        # Neither SHS 14 nor unpatched 13.1 has the union field or our feature macro.
+        abi = _sub(abi, r"^[^\n]*\n#define CXI_HAVE_SVC_MEMBER_NET_NS 1\n", "",
+                   "CXI_HAVE_SVC_MEMBER_NET_NS")
+        abi = _sub(abi, r"^\s*unsigned int netns;[^\n]*\n", "", "svc_member.netns")
     lib = _sub(lib, r"^[^\n]*\n#define CXIL_HAVE_SVC_NETNS 1\n", "", "CXIL_HAVE_SVC_NETNS")
     if flavour == "none":
         abi = _sub(abi, r"^\s*CXI_SVC_MEMBER_NET_NS,[^\n]*\n", "", "CXI_SVC_MEMBER_NET_NS")
+    if flavour in ("shs12", "none"):
         abi = _sub(abi, r"^\s*CXI_OP_SVC_(SET|GET)_NETNS = \d+,\n", "", "CXI_OP_SVC_*_NETNS")
         abi = _sub(abi, r"CXI_OP_MAX = 86,", "CXI_OP_MAX = 84,", "CXI_OP_MAX")
         lib = _sub(lib, r"^CXIL_API int cxil_svc_(set|get)_netns\([^;]*;\n", "",
@@ -95,9 +101,10 @@ def test_flavour_headers_say_what_they_should(flavour, tmp_path):
     assert has_enum == (flavour != "none")
     assert compiles(f"_Static_assert(CXI_SVC_MEMBER_MAX == {3 if flavour == 'none' else 4}, \"m\");")
     assert compiles("int f(struct cxil_dev *d){unsigned n; return cxil_svc_get_netns(d,1,&n);}") \
-        == (flavour != "none")
+        == (flavour in ("shs14", "patched"))
     assert compiles("int f(struct cxi_svc_desc *d){return d->members[0].svc_member.netns;}") \
-        == (flavour == "patched")
+        == (flavour in ("shs12", "patched"))
+    assert compiles("int x = CXIL_HAVE_SVC_NETNS;") == (flavour == "patched")
 
 
 # -- the temporary libcxi install and the pycxi build against it ---------------------
@@ -111,11 +118,11 @@ def install_libcxi(prefix, flavour):
         with open(path, "w") as f:
             f.write(text)
     # The device plays a kernel with both netns ops, so it is always built from our full
-    # headers; an unpatched 13.1 libcxi has no set/get_netns, so that one does not export them.
+    # headers; a 12.0.x or unpatched 13.1 libcxi has no set/get_netns: those do not export them.
     cmd = [CC, "-shared", "-fPIC", "-O1", "-pthread", f"-I{REPO}/include", f"-I{REPO}/src",
            os.path.join(REPO, "src", "sim.c"), "-o", os.path.join(lib, "libcxi.so"),
            "-Wl,-soname,libcxi.so"]
-    if flavour == "none":
+    if flavour in ("shs12", "none"):
         vs = os.path.join(prefix, "libcxi.map")
         with open(vs, "w") as f:
             f.write("{ global: *; local: cxil_svc_set_netns; cxil_svc_get_netns; };\n")
