@@ -18,7 +18,7 @@ import time
 from pycxi.cni import state as st
 from pycxi.cni import vni as vnisrc
 from pycxi.cni.errors import (CniError, ERR_CHECK, ERR_GC, ERR_INVALID_CONFIG, ERR_INVALID_ENV,
-                              ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNKNOWN_CONTAINER,
+                              ERR_NO_DEVICE, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNKNOWN_CONTAINER,
                               from_exception)
 
 
@@ -270,6 +270,9 @@ def cmd_add(conf, env, log):
                     return _result(conf)
                 from pycxi.cni import nic
                 names = nic.select_devices(conf.devices)
+                if not names:
+                    raise CniError(ERR_NO_DEVICE, "no CXI device present",
+                                   f"the pod asked for VNIs {choice.vnis}")
                 rec["services"] = [{"device": n, "svc": None, "state": "intent"} for n in names]
                 store.save(rec)                   # intent first: nothing exists on a NIC yet
                 for entry in rec["services"]:

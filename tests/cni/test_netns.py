@@ -271,3 +271,22 @@ def test_pool_ceilings_per_nic(cni_env, netns):
     for i in range(16):
         assert plugin_call(cni_env, "DEL", dict(c, vnis=[2500 + i]), cid=f"p{i}")[0] == 0
     assert count_services() == 0
+
+
+def test_del_when_a_device_is_gone(cni_env, netns):
+    pod = netns.add()
+    c = dict(cxi_conf(cni_env, vnis=[2600]), cniVersion="1.0.0", name="n1", prevResult=PREV)
+    assert plugin_call(cni_env, "ADD", c, cid="g1", netns_path=netns.path(pod))[0] == 0
+    assert sim_reset(1, dict(os.environ)).returncode == 0      # cxi1 vanished (and cxi0 was reset)
+    rc, out, _ = plugin_call(cni_env, "DEL", c, cid="g1")
+    assert rc == 0, out
+    assert records(cni_env.data_dir) == []
+
+
+def test_add_without_any_device(cni_env, netns):
+    pod = netns.add()
+    c = dict(cxi_conf(cni_env, vnis=[2700]), cniVersion="1.0.0", name="n1", prevResult=PREV)
+    rc, out, _ = plugin_call(cni_env, "ADD", c, cid="z1", netns_path=netns.path(pod),
+                             extra_env={"PYCXI_SIM_ROOT": "/proc/nonexistent/sim"})
+    assert rc == 1 and out["code"] == 102, out
+    assert records(cni_env.data_dir) == []
