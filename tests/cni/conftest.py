@@ -194,6 +194,13 @@ def cni_bin(tmp_path_factory):
     from pycxi.cni import install
     d = tmp_path_factory.mktemp("cni-bin")
     install.install_launcher(str(d), python=PY)
+    # the test-only interface plugin, with this interpreter in its shebang
+    with open(os.path.join(HERE, "bin", "vethplug")) as f:
+        body = f.read().split("\n", 1)[1]
+    veth = os.path.join(str(d), "vethplug")
+    with open(veth, "w") as f:
+        f.write(f"#!{PY} -IS\n" + body)
+    os.chmod(veth, 0o755)
     return str(d)
 
 
@@ -208,7 +215,7 @@ def cni_env(tmp_path, sim, cni_bin):
     e.data_dir = str(tmp_path / "cxi-state")
     e.ipam_dir = str(tmp_path / "ipam")
     e.cache_dir = str(tmp_path / "cni-cache")
-    e.path = [cni_bin, os.path.join(HERE, "bin"), DEBIAN_CNI]
+    e.path = [cni_bin, DEBIAN_CNI]
     e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"]}
     return e
 
