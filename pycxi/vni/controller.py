@@ -441,11 +441,16 @@ class Controller:
         self.reconcile(wl, gone=True)
 
     def on_claim(self, body: dict, deleted: bool) -> None:
-        if not self.active:
-            return
         meta = body.get("metadata") or {}
         ns, name, uid = meta.get("namespace"), meta.get("name"), meta.get("uid")
         if not uid:
+            return
+        if not self.active:
+            with self._lock:  # for _catch_up when this replica becomes the leader
+                if deleted:
+                    self.bodies.pop(uid, None)
+                else:
+                    self.bodies[uid] = (CLAIM, body)
             return
         key = f"claim:{uid}"
         if deleted and not meta.get("finalizers"):

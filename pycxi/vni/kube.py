@@ -17,12 +17,16 @@ import http.client
 import json
 import os
 import socket
-import ssl
-import tempfile
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:
+    import ssl
+
+# ssl and tempfile are imported where needed: the CNI plugin imports this module on
+# every pod ADD, and a plain-http or token-only setup should not pay for them.
 
 __all__ = [
     "GROUP", "VERSION", "API_VERSION", "VNI_PLURAL", "CLAIM_PLURAL", "ANNOTATION",
@@ -113,7 +117,7 @@ class KubeConfig:
         self.insecure = insecure
         self.namespace = namespace
         self._token_cache: Tuple[float, Optional[str]] = (0.0, None)
-        self._ssl: Optional[ssl.SSLContext] = None
+        self._ssl: Optional["ssl.SSLContext"] = None
 
     # Bound service-account tokens are rotated by the kubelet; re-read the file now and then.
     _TOKEN_TTL = 60.0
@@ -134,7 +138,9 @@ class KubeConfig:
             self._token_cache = (now, tok)
         return tok
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self) -> "ssl.SSLContext":
+        import ssl
+
         if self._ssl is None:
             if self.insecure:
                 ctx = ssl._create_unverified_context()  # the user asked for it in kubeconfig
@@ -223,6 +229,14 @@ class KubeConfig:
         ca_file = (os.path.join(base, cluster["certificate-authority"])
                    if cluster.get("certificate-authority") else None)
         token_file = user.get("tokenFile")
+        try:
+            return cls._build(cluster, user, ctx, base, token_file, file_or_data, ca_file, ca_data)
+        finally:
+            _drop_data_files()
+
+    @classmethod
+    def _build(cls, cluster: dict, user: dict, ctx: dict, base: str, token_file: Optional[str],
+               file_or_data: Any, ca_file: Optional[str], ca_data: Optional[str]) -> "KubeConfig":
         cfg = cls(cluster.get("server", ""), token=user.get("token"),
                   token_file=os.path.join(base, token_file) if token_file else None,
                   ca_file=ca_file, ca_data=ca_data,
@@ -232,7 +246,6 @@ class KubeConfig:
                   namespace=ctx.get("namespace") or "default")
         if cfg.cert_file and cfg.scheme == "https":
             cfg.ssl_context()  # load now, so that the temporary key files can go at once
-        _drop_data_files()
         return cfg
 
 
@@ -261,6 +274,8 @@ _data_files: list = []
 def _data_file(data: bytes) -> str:
     # ssl.load_cert_chain wants files; write the inline cert/key privately and remove
     # them as soon as the context has loaded them.
+    import tempfile
+
     fd, p = tempfile.mkstemp(prefix="pycxi-kube-")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -366,7 +381,7 @@ class KubeClient:
             except (socket.timeout, TimeoutError) as e:
                 self.close()
                 raise KubeError(0, "Timeout", f"{method} {path}: timed out after {timeout} s") from e
-            except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException) as e:  # ssl.SSLError is an OSError
                 self.close()
                 raise KubeError(0, "ConnectionError", f"{method} {path}: {e}") from e
         try:
