@@ -241,6 +241,9 @@ class Workload:
 
     def condition(self) -> Optional[Tuple[str, str, str]]:
         """(status, reason, message) of the pod condition, None for "say nothing"."""
+        if self.reason == "Released" and self.message == "unannotated":
+            # running pods must not keep a stamp for a VNI that is now in quarantine
+            return ("False", "Released", "the workload no longer asks for a VNI")
         if not self.request.asks:
             return None
         if self.vnis:
@@ -420,6 +423,8 @@ class Controller:
             return
         with self._lock:
             wl = self.workloads.get(uid)
+            if wl is not None and wl.namespace != meta.get("namespace"):
+                return  # a forged ownerReference across namespaces: never shared
             if wl is None:
                 if not req.asks:
                     return
@@ -498,12 +503,15 @@ class Controller:
         if not self.active:
             return
         if gone or wl.finished or not wl.request.asks:
-            self._release(wl, "deleted" if gone else "completed" if wl.finished else "unannotated")
+            cause = "deleted" if gone else "completed" if wl.finished else "unannotated"
+            self._release(wl, cause)
             if gone:
                 with self._lock:
                     self.workloads.pop(wl.uid, None)
                     self.bodies.pop(wl.uid, None)
                     self.retry_at.pop(wl.uid, None)
+            elif cause == "unannotated":
+                self._stamp_pods_of({wl.uid})  # its pods keep running: withdraw their stamp
             return
         req = wl.request
         before = (wl.vnis, wl.reason)
@@ -615,6 +623,10 @@ class Controller:
                 return
             top = pod_uid if info.owner_ref is None else self._top_uid(info)
             wl = self.workloads.get(top) if top else None
+            if wl is not None and wl.namespace != info.namespace:
+                # ownerReferences are written by whoever creates the pod; one naming a
+                # workload of another namespace must not get that workload's VNI
+                wl = None
             want = wl.condition() if wl is not None else None
             if want is None or want == info.stamped:
                 return

@@ -280,3 +280,38 @@ def _lease_holder(cluster):
                                    "pycxi-vni-controller")["spec"].get("holderIdentity")
     except Exception:
         return None
+
+
+def test_forged_owner_reference_across_namespaces_gets_nothing(cluster):
+    """ownerReferences are written by the pod's author: a pod in ns2 that claims to
+    belong to a Job (or a generic owner) of ns1 must not get ns1's VNI."""
+    cluster.start_controller()
+    job = cluster.job("ns1", "victim")
+    cluster.pod_of(job, "victim-0")
+    [v] = cluster.wait_lookup("ns1", "victim-0")
+    forged = dict(job, metadata=dict(job["metadata"], namespace="ns2"))
+    cluster.create("Pod", "ns2", "intruder", annotations={ANN: "true"}, owner=forged)
+    owner = {"apiVersion": "example.com/v1", "kind": "MpiJob",
+             "metadata": {"name": "mpi", "uid": "6a0c3e4e-0000-4000-8000-000000000002"}}
+    cluster.create("Pod", "ns1", "mpi-0", annotations={ANN: "true"}, owner=owner)
+    [g] = cluster.wait_lookup("ns1", "mpi-0")
+    cluster.create("Pod", "ns2", "intruder2", annotations={ANN: "true"}, owner=owner)
+    time.sleep(1.5)
+    for pod in ("intruder", "intruder2"):
+        r = cluster.lookup("ns2", pod)
+        assert not (isinstance(r, list) and r), (pod, r)
+    assert sorted(x for vs in cluster.allocated().values() for x in vs) == sorted([v, g])
+
+
+def test_removing_the_annotation_releases_and_withdraws_the_stamp(cluster):
+    cluster.start_controller()
+    dep = cluster.create("Deployment", "ns1", "d", annotations={ANN: "true"}, template={ANN: "true"})
+    pod = cluster.pod_of(dep, "d-0")
+    [v] = cluster.wait_lookup("ns1", "d-0")
+    cluster.client.patch("/apis/apps/v1/namespaces/ns1/deployments/d", {
+        "metadata": {"annotations": {ANN: None}},
+        "spec": {"template": {"metadata": {"annotations": {ANN: None}}}}})
+    wait_for(lambda: v in cluster.released(), what="release")
+    wait_for(lambda: (cluster.pod_condition("ns1", "d-0") or {}).get("reason") == "Released",
+             what="stamp withdrawn")
+    assert cluster.lookup("ns1", "d-0").startswith("error")
