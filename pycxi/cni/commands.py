@@ -165,10 +165,12 @@ def teardown(store, rec, conf, devs, log, all_records=None):
             pass
         return True, []
     if all_records is None:
-        all_records = store.all_records()
-    taken = st.recorded_ids(all_records, exclude=rec.get("_path"))
+        # only records on the same netns can legitimately hold a service bound to it
+        all_records = store.same_netns(rec.get("netnsInode"))
+    path = rec.get("_path") or store.path(rec["containerID"], rec["ifname"])
+    taken = st.recorded_ids(all_records, exclude=os.path.normpath(path))
+    rec.pop("_path", None)
     done, errors = release_services(rec, conf, devs, log, taken)
-    path = rec.pop("_path", None) or store.path(rec["containerID"], rec["ifname"])
     if done:
         try:
             vnisrc.release_local(rec, conf, log)
@@ -178,6 +180,7 @@ def teardown(store, rec, conf, devs, log, all_records=None):
             os.unlink(path)
         except FileNotFoundError:
             pass
+        store.unindex(rec)
     else:
         rec["phase"] = st.PHASE_DELETING
         _save_at(store, rec, path)
@@ -195,9 +198,9 @@ def _save_at(store, rec, path):
 def reclaim_stale(store, inode, container_id, conf, devs, log):
     """Records of another container with the same netns inode whose own netns is gone: the kernel
     reused the inode, so their services would admit the new pod.  Destroy them now."""
-    records = store.all_records()
+    records = store.same_netns(inode)
     for rec in records:
-        if rec.get("netnsInode") != inode or rec.get("containerID") == container_id:
+        if rec.get("containerID") == container_id:
             continue
         path = rec.get("netns")
         try:
@@ -256,6 +259,7 @@ def cmd_add(conf, env, log):
                            vniRelease=la["key"] is None,
                            localAllocator={"path": la["path"], "ranges": [list(r) for r in la["ranges"]],
                                            "quarantine": la["quarantine"]})
+                store.index(rec)
                 store.save(rec)
             try:
                 if choice is None:
@@ -266,6 +270,7 @@ def cmd_add(conf, env, log):
                 if not choice.vnis:
                     log.info(f"{cid}/{ifname}: no VNI requested: no CXI service")
                     rec["phase"] = st.PHASE_READY
+                    store.index(rec)
                     store.save(rec)
                     return _result(conf)
                 from pycxi.cni import nic
@@ -274,16 +279,18 @@ def cmd_add(conf, env, log):
                     raise CniError(ERR_NO_DEVICE, "no CXI device present",
                                    f"the pod asked for VNIs {choice.vnis}")
                 rec["services"] = [{"device": n, "svc": None, "state": "intent"} for n in names]
+                store.index(rec)
                 store.save(rec)                   # intent first: nothing exists on a NIC yet
+                last = rec["services"][-1]
                 for entry in rec["services"]:
                     dev = devs.get(entry["device"])
                     sid = dev.alloc_netns_svc(inode, vnis=list(choice.vnis), tcs=conf.tcs,
                                               limits=nic.clamp_limits(dev, conf.limits))
                     entry["svc"] = int(sid)
                     entry["state"] = "enabled"
+                    if entry is last:
+                        rec["phase"] = st.PHASE_READY
                     store.save(rec)               # then the ID, as soon as it exists
-                rec["phase"] = st.PHASE_READY
-                store.save(rec)
                 log.info(f"ADD {cid}/{ifname} netns={inode} vnis={choice.vnis} "
                          f"services={[(e['device'], e['svc']) for e in rec['services']]}")
                 return _result(conf)
@@ -310,6 +317,7 @@ def cmd_del(conf, env, log):
         with store.lock():
             rec = store.load(cid, ifname)
             if rec is None:
+                store.unindex_key(cid, ifname)
                 return None
             adopt_sim_root(rec)
             done, errors = teardown(store, rec, conf, devs, log)
@@ -390,6 +398,7 @@ def cmd_gc(conf, env, log):
     try:
         with store.lock():
             store.clean_tmp()
+            store.clean_index()
             all_records = store.all_records()
             for rec in all_records:
                 adopt_sim_root(rec)

@@ -5,6 +5,12 @@ tmpfs)::
 
     <dataDir>/lock                               one flock for every cxi network on the node
     <dataDir>/<network>/<containerID>_<ifname>.json
+    <dataDir>/by-netns/<inode>:<network>:<containerID>_<ifname>   -> ../<network>/<...>.json
+
+The ``by-netns`` symlinks index the records by netns inode, so that ADD and DEL find the records
+sharing a netns (inode reuse, shared namespaces) without reading every record on the node.  A
+link is made before its record's intent is written and removed after the record; a dangling
+link (a writer died in between) is ignored and removed.
 
 A record is written atomically (temporary file in the same directory, then rename) and only
 while the lock is held.  ADD writes it three times: the intent (devices, netns inode, VNIs, no
@@ -50,6 +56,7 @@ class StateStore:
     """Records of one network under ``data_dir``."""
 
     def __init__(self, data_dir, network):
+        data_dir = os.path.normpath(data_dir)
         self.data_dir = data_dir
         self.network = network
         self.dir = os.path.join(data_dir, network)
@@ -85,6 +92,82 @@ class StateStore:
         # the machine -- CXI services do not survive a reboot either (dataDir is on tmpfs).
         os.rename(tmp, path)
 
+    # -- the by-netns index
+    @property
+    def index_dir(self):
+        return os.path.join(self.data_dir, "by-netns")
+
+    def _link(self, inode, network, container_id, ifname):
+        return os.path.join(self.index_dir, f"{inode}:{network}:{self.filename(container_id, ifname)}")
+
+    def index(self, rec):
+        os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
+        target = os.path.join("..", rec["network"], self.filename(rec["containerID"], rec["ifname"]))
+        try:
+            os.symlink(target, self._link(rec["netnsInode"], rec["network"], rec["containerID"], rec["ifname"]))
+        except FileExistsError:
+            pass
+
+    def unindex(self, rec):
+        try:
+            os.unlink(self._link(rec.get("netnsInode"), rec.get("network"), rec.get("containerID"),
+                                 rec.get("ifname")))
+        except (FileNotFoundError, TypeError):
+            pass
+
+    def same_netns(self, inode):
+        """Records (of every network) whose netns inode is ``inode``, from the index."""
+        out = []
+        prefix = f"{inode}:"
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return out
+        for n in names:
+            if not n.startswith(prefix):
+                continue
+            link = os.path.join(self.index_dir, n)
+            rec = _read(os.path.join(self.index_dir, os.readlink(link))) if os.path.islink(link) else None
+            if rec is None or rec.get("netnsInode") != inode:
+                try:
+                    os.unlink(link)          # dangling, or the record moved on to another netns
+                except FileNotFoundError:
+                    pass
+                if rec is None:
+                    continue
+            if "corrupt" not in rec:
+                rec["_path"] = os.path.normpath(rec["_path"])
+                out.append(rec)
+        return out
+
+    def unindex_key(self, container_id, ifname):
+        """Remove the index link of (network, containerID, ifname) whatever its inode (DEL of a
+        record that was never written: an ADD killed between the link and the intent)."""
+        suffix = f":{self.network}:{self.filename(container_id, ifname)}"
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return
+        for n in names:
+            if n.endswith(suffix):
+                try:
+                    os.unlink(os.path.join(self.index_dir, n))
+                except FileNotFoundError:
+                    pass
+
+    def clean_index(self):
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return
+        for n in names:
+            link = os.path.join(self.index_dir, n)
+            if not os.path.exists(link):
+                try:
+                    os.unlink(link)
+                except FileNotFoundError:
+                    pass
+
     def remove(self, container_id, ifname):
         try:
             os.unlink(self.path(container_id, ifname))
@@ -104,7 +187,7 @@ class StateStore:
             return out
         for n in names:
             d = os.path.join(self.data_dir, n)
-            if os.path.isdir(d):
+            if n != "by-netns" and os.path.isdir(d):
                 out.extend(_scan(d))
         return out
 

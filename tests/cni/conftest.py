@@ -267,9 +267,16 @@ def plugin_call(cni_env, command, conf, cid="c1", netns_path="", ifname="eth0", 
 
 def records(data_dir):
     out = []
-    for root, _dirs, files in os.walk(data_dir):
+    for root, dirs, files in os.walk(data_dir):
+        if "by-netns" in dirs:
+            dirs.remove("by-netns")       # the index (symlinks), checked by index_links()
         out.extend(os.path.join(root, f) for f in files if f.endswith(".json"))
     return out
+
+
+def index_links(data_dir):
+    d = os.path.join(data_dir, "by-netns")
+    return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],

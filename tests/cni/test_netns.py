@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import (PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
+from conftest import (index_links, PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
                       need_bridge, plugin_call, access_cmd, records, run, services, sim_reset, pyrun)
 
 pytestmark = [need_bridge]
@@ -62,7 +62,7 @@ def test_add_access_check_del(version, cni_env, netns, host, tool_factory):
     assert ei.value.plugin == "cxi" and ei.value.code == 105 and "does not exist" in ei.value.details
 
     tool.delete(net, netns.path(pod), "eth0", "ctrA")
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
     tool.delete(net, netns.path(pod), "eth0", "ctrA")          # DEL twice
     assert count_services() == 0
 
@@ -76,7 +76,7 @@ def test_del_after_netns_gone(version, cni_env, netns, host, tool_factory):
     assert count_services() == 2
     netns.delete(pod)
     tool.delete(net, netns.path(pod), "eth0", "ctrB")           # netns path no longer exists
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
     # DEL without CNI_NETNS and without prevResult, from the record alone
     rc, out, err = plugin_call(cni_env, "DEL", dict(cxi_conf(cni_env), cniVersion=version, name="cxinet"),
                                cid="ctrB")
@@ -100,7 +100,7 @@ def test_gc_empty_list_removes_everything(cni_env, netns, host, tool_factory):
     assert count_services() == 2 and len(records(cni_env.data_dir)) == 1
     rc, out, _ = plugin_call(cni_env, "GC", dict(plain, **{"cni.dev/valid-attachments": []}))
     assert rc == 0, out
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 def test_gc_sweeps_services_whose_netns_is_gone(cni_env, netns):
@@ -113,7 +113,7 @@ def test_gc_sweeps_services_whose_netns_is_gone(cni_env, netns):
     rc, out, _ = plugin_call(cni_env, "GC", dict(c, **{"cni.dev/valid-attachments": [
         {"containerID": "ctrS", "ifname": "eth0"}]}))
     assert rc == 0, out
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 def test_no_vni_no_service(cni_env, netns, host, tool_factory):
@@ -124,7 +124,7 @@ def test_no_vni_no_service(cni_env, netns, host, tool_factory):
     assert res["ips"] and count_services() == 0
     tool.check(net, netns.path(pod), "eth0", "ctrN")
     tool.delete(net, netns.path(pod), "eth0", "ctrN")
-    assert records(cni_env.data_dir) == []
+    assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -172,7 +172,7 @@ def test_multi_nic_failure_rolls_back_first(cni_env, netns):
     assert rc == 1 and out["code"] == 101, out
     svcs = services()
     assert svcs["cxi0"] == [] and [r["svc"] for r in svcs["cxi1"]] == [blocker]
-    assert records(cni_env.data_dir) == []
+    assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
     assert plugin_call(cni_env, "DEL", c, cid="ctrM")[0] == 0      # the runtime's DEL after it
 
 
@@ -207,7 +207,7 @@ def test_del_busy_service_is_disabled_then_gc(cni_env, netns):
         holder.wait(10)
     rc, out, _ = plugin_call(cni_env, "GC", dict(c, **{"cni.dev/valid-attachments": []}))
     assert rc == 0, out
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 def test_reused_netns_inode_reclaims_stale_record(cni_env, netns):
@@ -280,7 +280,7 @@ def test_del_when_a_device_is_gone(cni_env, netns):
     assert sim_reset(1, dict(os.environ)).returncode == 0      # cxi1 vanished (and cxi0 was reset)
     rc, out, _ = plugin_call(cni_env, "DEL", c, cid="g1")
     assert rc == 0, out
-    assert records(cni_env.data_dir) == []
+    assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 def test_add_without_any_device(cni_env, netns):
@@ -289,4 +289,4 @@ def test_add_without_any_device(cni_env, netns):
     rc, out, _ = plugin_call(cni_env, "ADD", c, cid="z1", netns_path=netns.path(pod),
                              extra_env={"PYCXI_SIM_ROOT": "/proc/nonexistent/sim"})
     assert rc == 1 and out["code"] == 102, out
-    assert records(cni_env.data_dir) == []
+    assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)

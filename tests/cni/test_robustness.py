@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import PREV, count_services, cxi_conf, plugin_call, records, services
+from conftest import index_links, PREV, count_services, cxi_conf, plugin_call, records, services
 
 NO_LE = {"LE": {"max": 0, "res": 0}}     # 50 services per NIC exceed the 15 LE pools (13.1)
 
@@ -39,7 +39,7 @@ def test_50_parallel_adds_then_dels(cni_env, netns):
     with ThreadPoolExecutor(16) as ex:
         res = list(ex.map(dele, range(n)))
     assert all(r[0] == 0 for r in res), [r for r in res if r[0]][:3]
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
 
 
 def _start_add(cni_env, conf, cid, netns_path, extra_env=None):
@@ -89,7 +89,7 @@ def test_sigkill_at_random_times_during_add(cni_env, netns):
             rc, out, _ = plugin_call(cni_env, "GC", dict(conf, **{"cni.dev/valid-attachments": []}))
             assert rc == 0, out
         assert count_services() == 0, (i, services())
-        assert records(cni_env.data_dir) == [], i
+        assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), i
 
 
 def test_crash_at_every_device_write_during_add(cni_env, netns):
@@ -111,5 +111,5 @@ def test_crash_at_every_device_write_during_add(cni_env, netns):
         crashed += 1
         _cleanup_like_a_runtime(cni_env, conf, f"c{n}", gc=bool(n % 2))
         assert count_services() == 0, (n, services())
-        assert records(cni_env.data_dir) == [], n
+        assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), n
     assert crashed >= 2

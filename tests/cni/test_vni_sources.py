@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import PREV, count_services, cxi_conf, plugin_call, records, services, sim_reset
+from conftest import index_links, PREV, count_services, cxi_conf, plugin_call, records, services, sim_reset
 
 COND = "vni.pycxi.dev/Allocated"
 
@@ -86,7 +86,7 @@ def test_kubernetes_source(cni_env, netns, api):
     api.pod("ns1", "p1")
     rc, out, _ = plugin_call(cni_env, "ADD", c, cid="k1", netns_path=path, args=k8s_args("ns1", "p1"))
     assert rc == 1 and out["code"] == 11, out
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
     assert len(api.requests) == 1 and api.requests[0][1] == "Bearer sekret"
 
     # allocated -> a service with those VNIs; exactly one request per ADD
@@ -150,7 +150,7 @@ def test_local_allocator(cni_env, netns, tmp_path):
     assert len(set(got)) == 3 and all(5000 <= v <= 5009 for v in got)
     for i in range(3):
         assert plugin_call(cni_env, "DEL", c, cid=f"l{i}")[0] == 0
-    assert count_services() == 0 and records(cni_env.data_dir) == []
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
     from pycxi.vni.sqlite import SqliteStore
     s = SqliteStore(db, ranges=[(5000, 5009)], quarantine=0)
     try:
