@@ -10,6 +10,7 @@ Measured, interleaved round-robin so that machine noise hits every series alike:
 
 Each sample is the wall time of one ``subprocess.run`` (fork, exec, wait), the same overhead for
 every series.  The software device lives in a temporary ``PYCXI_SIM_ROOT`` (one NIC by default);
+the plugins' dataDir is on /dev/shm (tmpfs, as /run is on a node; ``--state-dir`` to change);
 the network namespace is this process's own (``/proc/<pid>/ns/net``; nothing is changed in it:
 tuning is configured with no change, and the cxi service only records the inode).
 
@@ -66,6 +67,9 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--devices", type=int, default=1, help="software NICs (services per ADD)")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--state-dir", default=None,
+                    help="parent of the plugins' dataDir (default: /dev/shm, a tmpfs like the "
+                         "/run/cni/cxi default on a node; else the temporary directory)")
     a = ap.parse_args(argv)
     runs = a.runs or (30 if a.quick else 300)
     warm = 3 if a.quick else 10
@@ -74,6 +78,9 @@ def main(argv=None):
     from pycxi.cni import install
 
     tmp = tempfile.mkdtemp(prefix="bench-cni-")
+    parent = a.state_dir or ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+                             else tmp)
+    state = tempfile.mkdtemp(prefix="bench-cni-state-", dir=parent)
     try:
         bindir = os.path.join(tmp, "bin")
         cxi = install.install_launcher(bindir, python=sys.executable)
@@ -86,10 +93,10 @@ def main(argv=None):
             raise SystemExit(f"sim reset failed: {r.stderr.decode()}")
         netns = f"/proc/{os.getpid()}/ns/net"
         base_env = dict(env, CNI_PATH=bindir, CNI_IFNAME="eth0", CNI_NETNS=netns)
-        conf = {"cniVersion": "1.0.0", "name": "bench", "type": "cxi", "dataDir": os.path.join(tmp, "state"),
+        conf = {"cniVersion": "1.0.0", "name": "bench", "type": "cxi", "dataDir": os.path.join(state, "cxi"),
                 "prevResult": PREV}
         tconf = {"cniVersion": "1.0.0", "name": "bench", "type": "tuning", "prevResult": PREV,
-                 "dataDir": os.path.join(tmp, "tuning")}
+                 "dataDir": os.path.join(state, "tuning")}
         have_tuning = os.access(TUNING, os.X_OK)
 
         series = {k: [] for k in ("python_IS_import_json", "cxi_VERSION", "cxi_ADD", "cxi_DEL")}
@@ -137,7 +144,7 @@ def main(argv=None):
             "python": sys.version.split()[0], "executable": sys.executable,
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "launcher_shebang": open(cxi).readline().strip(),
-            "devices": a.devices, "runs": runs, "quick": a.quick, "elapsed_s": round(elapsed, 2),
+            "devices": a.devices, "runs": runs, "state_dir": state, "state_fs": _fstype(state), "quick": a.quick, "elapsed_s": round(elapsed, 2),
             "results": res,
             "cxi_ADD_p50_over_python_json_p50": round(ratio, 3),
             "goal_ratio": GOAL_RATIO, "goal_met": ratio <= GOAL_RATIO,
@@ -152,6 +159,22 @@ def main(argv=None):
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _fstype(path):
+    """The filesystem type of ``path`` from /proc/self/mountinfo (longest matching mount)."""
+    best, fs = "", "?"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mnt = left.split()[4]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, fs = mnt, right.split()[0]
+    except OSError:
+        pass
+    return fs
 
 
 if __name__ == "__main__":
