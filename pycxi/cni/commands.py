@@ -72,27 +72,28 @@ def adopt_sim_root(rec):
         os.environ["PYCXI_SIM_ROOT"] = root
 
 
+def looks_ours(dev, sid, desc, inode, vnis):
+    """Whether service ``sid`` is one this plugin made for netns ``inode`` and ``vnis``: exactly
+    those VNIs, and bound to that netns or restricted to members with no member at all (the
+    set_netns path before ``set_netns``).  A service with a uid/gid member or another netns --
+    e.g. someone else's that reused a destroyed service's ID -- is never ours."""
+    from pycxi.cni import nic
+    if sid == 1 or sorted(desc.vnis or ()) != sorted(vnis or ()):
+        return False
+    ns = nic.svc_netns(dev, sid, desc)
+    return ns == inode or (ns == 0 and not list(desc.members or ())
+                           and bool(getattr(desc, "restricted_members", False)))
+
+
 def find_orphans(dev, device_name, vnis, inode, taken):
     """Services on ``dev`` that a killed ADD of ``inode``/``vnis`` may have left: not recorded
     anywhere (``taken``), same VNI set, and either bound to ``inode`` or restricted to members
     with no member at all (``alloc_netns_svc``'s set_netns path before ``set_netns``: a service
     that admits nobody).  A service with a uid/gid member or another netns is never touched."""
-    from pycxi.cni import nic
-    want = sorted(vnis or ())
-    if not want:
+    if not vnis:
         return []
-    out = []
-    for desc in dev.svc_list():
-        sid = desc.svc_id
-        if sid == 1 or (device_name, sid) in taken:
-            continue
-        if sorted(desc.vnis or ()) != want:
-            continue
-        ns = nic.svc_netns(dev, sid, desc)
-        if ns == inode or (ns == 0 and not list(desc.members or ())
-                           and getattr(desc, "restricted_members", False)):
-            out.append(sid)
-    return out
+    return [d.svc_id for d in dev.svc_list()
+            if (device_name, d.svc_id) not in taken and looks_ours(dev, d.svc_id, d, inode, vnis)]
 
 
 def release_services(rec, conf, devs, log, taken):
@@ -128,8 +129,9 @@ def release_services(rec, conf, devs, log, taken):
                 desc = nic.get_svc(dev, sid)
                 if desc is None:
                     continue
-                if nic.svc_netns(dev, sid, desc) not in (inode, 0):
-                    log.warning(f"{name}: service {sid} is no longer ours (other netns); not touched")
+                if not looks_ours(dev, sid, desc, inode, rec.get("vnis")):
+                    log.warning(f"{name}: service {sid} is no longer ours (other VNIs or "
+                                "members: its ID was reused); not touched")
                     continue
                 ids.append(sid)
             else:

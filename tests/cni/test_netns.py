@@ -290,3 +290,19 @@ def test_add_without_any_device(cni_env, netns):
                              extra_env={"PYCXI_SIM_ROOT": "/proc/nonexistent/sim"})
     assert rc == 1 and out["code"] == 102, out
     assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+
+
+def test_del_never_destroys_a_service_that_reused_the_id(cni_env, netns):
+    """Our service was destroyed behind the plugin's back and its ID handed to someone else's
+    (uid member): DEL drops the record and leaves that service alone."""
+    pod = netns.add()
+    c = dict(cxi_conf(cni_env, vnis=[2800], devices=["cxi0"]), cniVersion="1.0.0", name="n1",
+             prevResult=PREV)
+    assert plugin_call(cni_env, "ADD", c, cid="r1", netns_path=netns.path(pod))[0] == 0
+    [row] = services()["cxi0"]
+    other = int(pyrun(f"import pycxi; d = pycxi.Device('cxi0'); d.destroy_svc({row['svc']}); "
+                      "print(d.alloc_svc(pycxi.SvcDesc(vnis=[2800], members=[pycxi.SvcMember.uid(7)])))"))
+    assert other == row["svc"]                     # lowest free ID: reused
+    assert plugin_call(cni_env, "DEL", c, cid="r1")[0] == 0
+    assert [r["svc"] for r in services()["cxi0"]] == [other]
+    assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
