@@ -3,7 +3,10 @@
 Without network access: every patch is a ``git format-patch`` mail with a subject, a
 description and our sign-off, touches the files its component needs, and the diffs add
 ``CXI_SVC_MEMBER_NET_NS`` (= 3, after GID), the ``netns`` union member and, for 13.1, the
-ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2).
+ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2). The 13.1
+driver series ends with 0003, which lets two exact-VNI RX/TX profiles overlap (the rule of
+upstream fd6adba, §a.4), so that several pods of one job can each have a service on the
+job's VNI on one node.
 
 If bare upstream snapshots exist (``$PYCXI_UPSTREAM_MIRRORS``, default ``/work/.mirror``,
 laid out as ``HewlettPackard+<repo>/repo``), each series is also checked with
@@ -37,6 +40,7 @@ SERIES = {
             "drivers/net/ethernet/hpe/ss1/cass_svc.c",
             "drivers/net/ethernet/hpe/ss1/cxi_ac_entry_list.c",
             "drivers/net/ethernet/hpe/ss1/cxi_user_core.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c",
         },
         "ops": True,
     },
@@ -199,6 +203,48 @@ def test_driver_13_netns_entries_take_value_from_descriptor_and_grant_only():
     assert "CXI_AC_NETNS" in conf  # part of CXI_AC_ANY, so every by_user lookup sees it
 
 
+DRV13_OVERLAP = "0003-cxi-allow-two-exact-VNI-profiles-to-overlap.patch"
+RXTX = "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c"
+
+
+def test_driver_13_series_is_netns_then_exact_vni_overlap():
+    names = [os.path.basename(p) for p in _series("shs-cxi-driver", "release-shs-13.1.0")]
+    assert len(names) == 3 and names[2] == DRV13_OVERLAP, names
+    text = _read(_series("shs-cxi-driver", "release-shs-13.1.0")[2])
+    head = text.partition("\n---\n")[0]
+    assert "Subject: [PATCH 3/3] cxi: allow two exact-VNI profiles to overlap" in head
+    # the description says why (one service per pod), names the upstream rule and what stays refused
+    flat = " ".join(head.split())
+    assert "fd6adba" in flat and "EEXIST" in flat and "pod" in flat
+    assert "range against range and range against exact VNI" in flat
+    assert SIGNOFF in head.splitlines()
+    # only the overlap test and the in-tree service test change
+    assert set(_diffs(text)) == {RXTX, "drivers/net/ethernet/hpe/ss1/tests/test_service.c"}
+
+
+def _vni_overlap_test_body(source):
+    m = re.search(r"\nint vni_overlap_test\(struct cxi_rxtx_profile \*profile1,\n\s+void \*user_arg\)\n"
+                  r"\{\n(.*?)\n\}\n", source, re.S)
+    assert m, "vni_overlap_test() not found"
+    return m.group(1)
+
+
+def test_driver_13_overlap_allowed_only_between_two_exact_vnis():
+    text = _read(os.path.join(PATCHES, "shs-cxi-driver", "release-shs-13.1.0", DRV13_OVERLAP))
+    hunks = _hunks(text, RXTX)
+    assert len(hunks) == 1
+    # the patched function, rebuilt from context and added lines
+    after = "\n" + "\n".join(l[1:] for l in hunks[0] if l[:1] in (" ", "+")) + "\n"
+    body = _vni_overlap_test_body(after)
+    # VNI-0 placeholders (configfs) are still skipped, no overlap is still fine,
+    # both exact (ignore == 0) is allowed, everything else stays -EEXIST
+    assert "if (zero_vni(old))\n\t\treturn 0;" in body
+    assert "if (!vni_overlap(old, new))\n\t\treturn 0;" in body
+    assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
+    assert body.rstrip().endswith("return -EEXIST;")
+    assert body.count("return 0;") == 3
+
+
 def _struct_fields(lines, name):
     text = "\n".join(lines)
     m = re.search(r"struct %s \{\n(.*?)\n\};" % name, text, re.S)
@@ -329,6 +375,9 @@ def test_series_applies_with_git_apply_check_on_its_tag(component, tagdir, tmp_p
         abi = (tree / (DRV13_ABI if "13.1" in tag else DRV12_ABI)).read_text()
         members = _enum_values(abi, "cxi_svc_member_type")
         assert members["CXI_SVC_MEMBER_NET_NS"] == 3 and members["CXI_SVC_MEMBER_MAX"] == 4
+        if tagdir == "release-shs-13.1.0":
+            body = _vni_overlap_test_body((tree / RXTX).read_text())
+            assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
         if SERIES[(component, tagdir)]["ops"]:
             ops = _enum_values(abi, "cxi_command_opcode")
             assert ops["CXI_OP_SVC_SET_NETNS"] == 84
