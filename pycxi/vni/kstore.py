@@ -58,6 +58,7 @@ ANN_KEY = f"{GROUP}/key"
 ANN_CREATED = f"{GROUP}/created-ns"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pycxi-vni"}
 LEASES = ("coordination.k8s.io", "v1", "leases")
+STATE_PENDING = "pending"  # a create of ours in flight (this handle only)
 
 
 class VniApiError(VniError):
@@ -308,7 +309,8 @@ class KubeStore(VniStore):
                 self._seen[v] = _Seen(STATE_QUARANTINED, parse_time(format_time(now)),
                                       md.get("uid"), None)
 
-    def _delete_vni(self, v: int, uid: Optional[str], rv: Optional[str]) -> bool:
+    def _delete_vni(self, v: int, uid: Optional[str], rv: Optional[str],
+                    forget: bool = True) -> bool:
         try:
             self._call(self.client.delete, self._vni_path(v), uid=uid, resource_version=rv)
             ok = True
@@ -316,9 +318,10 @@ class KubeStore(VniStore):
             if e.status not in (404, 409):
                 raise VniApiError(str(e)) from e
             ok = False
-        with self._lock:
-            if self._seen is not None:
-                self._seen.pop(v, None)
+        if forget:
+            with self._lock:
+                if self._seen is not None:
+                    self._seen.pop(v, None)
         return ok
 
     def _refresh(self) -> Dict[int, _Seen]:
@@ -343,6 +346,22 @@ class KubeStore(VniStore):
                 self._cursor = newest[1] + 1
         return seen
 
+    def _next_candidate(self, seen: Dict[int, _Seen], now: float,
+                        skip: int) -> Tuple[Optional[int], Optional[_Seen]]:
+        """Under self._lock: the next VNI worth a create, from the cursor on, and what
+        we saw of it if it is an expired quarantine (to delete first)."""
+        cursor = self._cursor if self._cursor is not None else self.ranges[0][0]
+        for v in iter_candidates(self.ranges, cursor):
+            s = seen.get(v)
+            if s is None:
+                if skip:
+                    skip -= 1  # spread out after lost races, see _allocate
+                    continue
+                return v, None
+            if s.state == STATE_QUARANTINED and quarantine_over(s.released, now, self.quarantine):
+                return v, s
+        return None, None
+
     def _allocate(self, key: str, owner: Optional[str],
                   holder: Optional[Dict[str, Any]]) -> Tuple[int, dict]:
         now = self.clock()
@@ -350,43 +369,43 @@ class KubeStore(VniStore):
             seen = self._seen
         if seen is None:
             seen = self._refresh()
-        cursor = self._cursor if self._cursor is not None else self.ranges[0][0]
         for attempt in (0, 1):
             if attempt:
                 seen = self._refresh()
-            skip = 0
-            lost = 0
-            for v in iter_candidates(self.ranges, cursor):
-                s = seen.get(v)
-                if skip and s is None:
-                    skip -= 1  # spread out after lost races, see below
-                    continue
-                if s is not None:
-                    if s.state == STATE_ALLOCATED or not quarantine_over(s.released, now, self.quarantine):
-                        continue
-                    # quarantine over: remove exactly the version we saw, then compete for it
-                    self._delete_vni(v, s.uid, s.rv)
+            skip = lost = 0
+            while True:
+                with self._lock:
+                    v, expired = self._next_candidate(seen, now, skip)
+                    if v is None:
+                        break
+                    # claim the candidate within this handle, so that our own threads
+                    # do not race each other for it
+                    seen[v] = _Seen(STATE_PENDING)
+                    self._cursor = v + 1
+                skip = 0
+                if expired is not None:
+                    # quarantine over: remove exactly the version we saw, then compete
+                    self._delete_vni(v, expired.uid, expired.rv, forget=False)
                 obj = self._create_vni(v, key, owner, holder, now)
                 if obj is None:
                     with self._lock:
                         seen[v] = _Seen(STATE_ALLOCATED)
-                    # Lost a race: allocators that started from the same cursor would
-                    # otherwise all try the same next numbers in lockstep.  Skipping a
-                    # random, growing stretch spreads them out; skipped numbers are
-                    # found again when the search wraps (next-fit stays exact for a
-                    # handle that meets no contention).
+                    # Lost a race to another handle: allocators that started from the
+                    # same cursor would otherwise try the same next numbers in lockstep.
+                    # Skipping a random, growing stretch spreads them out; skipped
+                    # numbers are found again on the wrap-around or in the exhaustive
+                    # last pass (next-fit stays exact for a handle without contention).
                     lost += 1
-                    if not attempt:  # the last pass is exhaustive
+                    if not attempt:
                         skip = random.randint(0, min(1 << lost, 64))
                     continue
                 with self._lock:
                     seen[v] = _Seen(STATE_ALLOCATED, None, obj["metadata"].get("uid"),
                                     obj["metadata"].get("resourceVersion"))
-                    self._cursor = v + 1
                 return v, obj
         with self._lock:
             seen = dict(seen)
-        alloc = sum(1 for v, s in seen.items() if s.state == STATE_ALLOCATED and in_ranges(v, self.ranges))
+        alloc = sum(1 for v, s in seen.items() if s.state != STATE_QUARANTINED and in_ranges(v, self.ranges))
         quar = [s.released for v, s in seen.items() if s.state == STATE_QUARANTINED
                 and in_ranges(v, self.ranges) and not quarantine_over(s.released, now, self.quarantine)]
         nxt = min(quar) + self.quarantine - now if quar else None
