@@ -474,7 +474,10 @@ class Controller:
                 log.info("released VNI of deleted claim", extra={"namespace": ns, "claim": name})
                 return
             if FINALIZER not in (meta.get("finalizers") or []):
+                # a merge patch replaces the list: the resourceVersion precondition makes
+                # a concurrent change of the finalizers a 409 (retried) instead of a loss
                 self.client.patch(CLAIM.path(ns, name), {"metadata": {
+                    "resourceVersion": meta.get("resourceVersion"),
                     "finalizers": list(meta.get("finalizers") or []) + [FINALIZER]}})
             t0 = time.monotonic()
             v, new = self.store.acquire_new(key, owner=f"{ns}/VniClaim/{name}",
@@ -684,7 +687,8 @@ class Controller:
     def _remove_finalizer(self, ns: str, name: str, meta: dict) -> None:
         fins = [f for f in meta.get("finalizers") or [] if f != FINALIZER]
         try:
-            self.client.patch(CLAIM.path(ns, name), {"metadata": {"finalizers": fins or None}})
+            self.client.patch(CLAIM.path(ns, name), {"metadata": {
+                "resourceVersion": meta.get("resourceVersion"), "finalizers": fins or None}})
         except KubeError as e:
             if not e.not_found:
                 raise
@@ -726,9 +730,9 @@ class Controller:
                                    "namespace": meta.get("namespace"), "name": meta.get("name"),
                                    "uid": meta.get("uid")},
                 "type": etype, "reason": reason, "message": message[:1024],
-                "source": {"component": "pycxi-vni-controller"},
-                "reportingComponent": "vni.pycxi.dev/controller",
-                "reportingInstance": self.config.identity,
+                # legacy-style core/v1 Event: setting reportingComponent would make the
+                # API server require the events.k8s.io fields (action, eventTime) too
+                "source": {"component": "pycxi-vni-controller", "host": self.config.identity},
                 "firstTimestamp": ts, "lastTimestamp": ts, "count": 1})
         except KubeError as e:
             log.debug("cannot post event: %s", e)
