@@ -100,6 +100,9 @@ class _FastDispatch(kmock.RawHandler):
     __slots__ = ()
 
     async def _handle(self, request: Any) -> Any:
+        fault = self._fault(request)
+        if fault is not None:
+            return fault
         fn = None
         if (request.resource is not None and request.resource.plural
                 and request.subresource in (None, "status")):
@@ -116,7 +119,21 @@ class _FastDispatch(kmock.RawHandler):
 
 
 class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
-    """kmock's emulator with the semantics listed in the module docstring."""
+    """kmock's emulator with the semantics listed in the module docstring.
+
+    ``faults[("POST", "vnis")] = n`` makes the next ``n`` such requests fail with 500
+    (fault injection for the error-handling tests)."""
+
+    def _fault(self, request: Any) -> Any:
+        if not self.faults or request.resource is None or not request.resource.plural:
+            return None
+        key = (str(request.method.value).upper(), request.resource.plural)
+        if self.faults.get(key, 0) > 0:
+            self.faults[key] -= 1
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
+                "reason": "InternalError", "message": "injected fault"}, status=500)
+        return None
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -129,6 +146,7 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
             if status:
                 self._status_sub.add(kmock.resource(key))
         self._rv = itertools.count(1)
+        self.faults: dict = {}
         self._wlock: Optional[asyncio.Lock] = None
         self.writes = 0
 

@@ -315,3 +315,22 @@ def test_removing_the_annotation_releases_and_withdraws_the_stamp(cluster):
     wait_for(lambda: (cluster.pod_condition("ns1", "d-0") or {}).get("reason") == "Released",
              what="stamp withdrawn")
     assert cluster.lookup("ns1", "d-0").startswith("error")
+
+
+def test_api_errors_are_reported_and_retried(cluster, api):
+    """The API server fails every Vni create for a while: the pods wait (ApiError, CNI
+    code 11), a Warning Event says why, the controller keeps running and retries."""
+    p = cluster.start_controller()
+    time.sleep(1.5)  # let it start before the faults
+    api.kube.faults[("POST", "vnis")] = 6
+    job = cluster.job("ns1", "flaky")
+    cluster.pod_of(job, "flaky-0")
+    wait_for(lambda: (cluster.pod_condition("ns1", "flaky-0") or {}).get("reason") == "ApiError",
+             what="ApiError condition")
+    assert cluster.lookup("ns1", "flaky-0") == "notready"
+    [v] = cluster.wait_lookup("ns1", "flaky-0", timeout=40)
+    assert api.kube.faults[("POST", "vnis")] == 0
+    assert any(e.get("reason") == "ApiError" and e["type"] == "Warning"
+               for e in cluster.client.list("/api/v1/namespaces/ns1/events"))
+    assert p.poll() is None, "the controller survived"
+    assert cluster.allocated() == {job["metadata"]["uid"]: [v]}
