@@ -45,10 +45,24 @@ def _write_atomic(path, text, mode):
     os.rename(tmp, path)
 
 
-def install_launcher(bin_dir, python=None, name="cxi"):
+def precompile():
+    """Byte-compile pycxi so that no plugin call pays for compiling (or cannot cache, on a
+    read-only tree).  The launcher runs with -I, which ignores PYTHONDONTWRITEBYTECODE."""
+    import compileall
+    import pycxi
+    pkg = os.path.dirname(os.path.abspath(pycxi.__file__))
+    try:
+        compileall.compile_dir(pkg, quiet=1)
+    except OSError:
+        pass
+
+
+def install_launcher(bin_dir, python=None, name="cxi", compile=True):
     os.makedirs(bin_dir, exist_ok=True)
     path = os.path.join(bin_dir, name)
     _write_atomic(path, launcher_text(python), 0o755)
+    if compile:
+        precompile()
     return path
 
 
