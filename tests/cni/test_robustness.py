@@ -113,3 +113,26 @@ def test_crash_at_every_device_write_during_add(cni_env, netns):
         assert count_services() == 0, (n, services())
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), n
     assert crashed >= 2
+
+
+def test_sigkill_during_del_then_del_again(cni_env, netns):
+    pod = netns.add()
+    conf = dict(cxi_conf(cni_env, vnis=[2300], logLevel="warning"), cniVersion="1.1.0",
+                name="kdel", prevResult=PREV)
+    rnd = random.Random(7)
+    for i in range(10):
+        assert plugin_call(cni_env, "ADD", conf, cid=f"d{i}", netns_path=netns.path(pod))[0] == 0
+        env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"d{i}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": ":".join(cni_env.path)}
+        env.update(cni_env.env)
+        p = subprocess.Popen([os.path.join(cni_env.bin, "cxi")], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        p.stdin.write(json.dumps(conf).encode())
+        p.stdin.close()
+        time.sleep(rnd.uniform(0.01, 0.12))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        rc, out, _ = plugin_call(cni_env, "DEL", conf, cid=f"d{i}")      # the runtime retries
+        assert rc == 0, out
+        assert count_services() == 0, (i, services())
+        assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), i
