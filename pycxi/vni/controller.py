@@ -103,6 +103,7 @@ class Config:
     quarantine: float = DEFAULT_QUARANTINE
     namespace: str = DEFAULT_NAMESPACE       # key records and the leader Lease live here
     resync: float = 30.0                     # seconds between full checks
+    orphan_age: float = 30.0                 # a Vni no key record points to, after this: quarantined
     metrics_port: int = 9090                 # 0: no metrics endpoint
     extra_kinds: Tuple[Kind, ...] = ()
     volcano: bool = True
@@ -122,6 +123,8 @@ class Config:
         c.namespace = e.get("PYCXI_VNI_NAMESPACE") or e.get("POD_NAMESPACE") or c.namespace
         if e.get("PYCXI_VNI_RESYNC"):
             c.resync = float(e["PYCXI_VNI_RESYNC"])
+        if e.get("PYCXI_VNI_ORPHAN_AGE"):
+            c.orphan_age = float(e["PYCXI_VNI_ORPHAN_AGE"])
         if e.get("PYCXI_VNI_METRICS_PORT"):
             c.metrics_port = int(e["PYCXI_VNI_METRICS_PORT"])
         c.extra_kinds = parse_kinds(e.get("PYCXI_VNI_EXTRA_KINDS", ""))
@@ -296,7 +299,7 @@ class Controller:
         self.config = config
         self.client = client
         self.store = KubeStore(config.ranges, config.quarantine, client=client,
-                               namespace=config.namespace)
+                               namespace=config.namespace, orphan_age=config.orphan_age)
         self.metrics = metrics
         self._lock = threading.RLock()
         self.workloads: Dict[str, Workload] = {}
@@ -1010,6 +1013,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--quarantine", type=float, help="seconds ($PYCXI_VNI_QUARANTINE)")
     ap.add_argument("--namespace", help="for key records and the leader Lease")
     ap.add_argument("--resync", type=float, help="seconds between full checks")
+    ap.add_argument("--orphan-age", type=float, help="seconds before an uncommitted Vni is reclaimed")
     ap.add_argument("--metrics-port", type=int, help="0 disables ($PYCXI_VNI_METRICS_PORT)")
     ap.add_argument("--no-leader-election", action="store_true",
                     help="every replica writes (correct, but more API traffic)")
@@ -1030,6 +1034,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.resync = args.resync
     if args.metrics_port is not None:
         cfg.metrics_port = args.metrics_port
+    if args.orphan_age is not None:
+        cfg.orphan_age = args.orphan_age
     if args.lease_duration:
         cfg.lease_duration = args.lease_duration
     if args.no_leader_election:

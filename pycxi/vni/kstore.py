@@ -109,8 +109,10 @@ class KubeStore(VniStore):
                  quarantine: float = DEFAULT_QUARANTINE,
                  clock: Callable[[], float] = time.time, *,
                  client: Optional[KubeClient] = None, kubeconfig: Optional[str] = None,
-                 namespace: str = DEFAULT_NAMESPACE, timeout: float = 10.0) -> None:
+                 namespace: str = DEFAULT_NAMESPACE, timeout: float = 10.0,
+                 orphan_age: float = ORPHAN_AGE) -> None:
         super().__init__(ranges, quarantine, clock)
+        self.orphan_age = orphan_age
         self.client = client or KubeClient(KubeConfig.load(kubeconfig), timeout=timeout)
         self.namespace = namespace
         self._seen: Optional[Dict[int, _Seen]] = None
@@ -233,7 +235,7 @@ class KubeStore(VniStore):
                 if h and h not in (vni_name(a.vni), "released:" + vni_name(a.vni)):
                     continue  # the key holds another VNI: an orphan, see gc()
                 created = parse_time((o.get("metadata") or {}).get("creationTimestamp")) or wall
-                if (h is None or h == "") and wall - created > ORPHAN_AGE:
+                if (h is None or h == "") and wall - created > self.orphan_age:
                     continue
             out.append((a, o))
         out.sort(key=lambda ao: ao[0].vni)
@@ -386,7 +388,12 @@ class KubeStore(VniStore):
                 if expired is not None:
                     # quarantine over: remove exactly the version we saw, then compete
                     self._delete_vni(v, expired.uid, expired.rv, forget=False)
-                obj = self._create_vni(v, key, owner, holder, now)
+                try:
+                    obj = self._create_vni(v, key, owner, holder, now)
+                except BaseException:
+                    with self._lock:
+                        seen.pop(v, None)  # unknown outcome: let a later pass find out
+                    raise
                 if obj is None:
                     with self._lock:
                         seen[v] = _Seen(STATE_ALLOCATED)

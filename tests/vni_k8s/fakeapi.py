@@ -100,7 +100,7 @@ class _FastDispatch(kmock.RawHandler):
     __slots__ = ()
 
     async def _handle(self, request: Any) -> Any:
-        fault = self._fault(request)
+        fault = self._fault(request, self.lost)  # the emulator has committed by now
         if fault is not None:
             return fault
         fn = None
@@ -121,15 +121,18 @@ class _FastDispatch(kmock.RawHandler):
 class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
     """kmock's emulator with the semantics listed in the module docstring.
 
-    ``faults[("POST", "vnis")] = n`` makes the next ``n`` such requests fail with 500
-    (fault injection for the error-handling tests)."""
+    Fault injection for the error-handling tests: ``faults[("POST", "vnis")] = n``
+    makes the next ``n`` such requests fail with 500 before they have any effect;
+    ``lost[("POST", "vnis")] = n`` lets them take effect and then answers 500 (a
+    response lost after the commit, as with a timeout)."""
 
-    def _fault(self, request: Any) -> Any:
-        if not self.faults or request.resource is None or not request.resource.plural:
+    def _fault(self, request: Any, table: Optional[dict] = None) -> Any:
+        table = self.faults if table is None else table
+        if not table or request.resource is None or not request.resource.plural:
             return None
         key = (str(request.method.value).upper(), request.resource.plural)
-        if self.faults.get(key, 0) > 0:
-            self.faults[key] -= 1
+        if table.get(key, 0) > 0:
+            table[key] -= 1
             return aiohttp.web.json_response({
                 "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
                 "reason": "InternalError", "message": "injected fault"}, status=500)
@@ -147,6 +150,7 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                 self._status_sub.add(kmock.resource(key))
         self._rv = itertools.count(1)
         self.faults: dict = {}
+        self.lost: dict = {}
         self._wlock: Optional[asyncio.Lock] = None
         self.writes = 0
 
@@ -219,6 +223,9 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                     raise _conflict("Precondition failed: resourceVersion")
 
     async def _handle(self, request: Any) -> Any:
+        fault = self._fault(request)
+        if fault is not None:
+            return fault
         if request.resource is None or request.action not in (
                 enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             return await super()._handle(request)

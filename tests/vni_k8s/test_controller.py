@@ -322,7 +322,7 @@ def test_api_errors_are_reported_and_retried(cluster, api):
     code 11), a Warning Event says why, the controller keeps running and retries."""
     p = cluster.start_controller()
     time.sleep(1.5)  # let it start before the faults
-    api.kube.faults[("POST", "vnis")] = 6
+    api.kube.faults[("POST", "vnis")] = 3
     job = cluster.job("ns1", "flaky")
     cluster.pod_of(job, "flaky-0")
     wait_for(lambda: (cluster.pod_condition("ns1", "flaky-0") or {}).get("reason") == "ApiError",
@@ -334,3 +334,19 @@ def test_api_errors_are_reported_and_retried(cluster, api):
                for e in cluster.client.list("/api/v1/namespaces/ns1/events"))
     assert p.poll() is None, "the controller survived"
     assert cluster.allocated() == {job["metadata"]["uid"]: [v]}
+
+
+def test_lost_create_responses_leave_no_leak(cluster, api):
+    """Creates that commit but whose response is lost (500 after the fact) leave Vni
+    objects no key record points to; the resync quarantines them (orphan age 2 s)."""
+    p = cluster.start_controller("--orphan-age", "2")
+    time.sleep(1.5)
+    api.kube.lost[("POST", "vnis")] = 3
+    job = cluster.job("ns1", "lossy")
+    cluster.pod_of(job, "lossy-0")
+    [v] = cluster.wait_lookup("ns1", "lossy-0", timeout=40)
+    assert api.kube.lost[("POST", "vnis")] == 0
+    wait_for(lambda: cluster.allocated() == {job["metadata"]["uid"]: [v]}, timeout=30,
+             what="orphans quarantined")
+    assert len(cluster.released()) == 3, "the three orphans are in quarantine, not reused"
+    assert p.poll() is None
