@@ -287,7 +287,8 @@ def cmd_add(conf, env, log):
                 for entry in rec["services"]:
                     dev = devs.get(entry["device"])
                     sid = dev.alloc_netns_svc(inode, vnis=list(choice.vnis), tcs=conf.tcs,
-                                              limits=nic.clamp_limits(dev, conf.limits))
+                                              limits=nic.clamp_limits(dev, conf.limits),
+                                              method=conf.netns_method)
                     entry["svc"] = int(sid)
                     entry["state"] = "enabled"
                     if entry is last:

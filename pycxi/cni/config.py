@@ -47,7 +47,8 @@ _RUNTIME_KEYS = frozenset(("cniVersion", "name", "type", "prevResult", "runtimeC
                            "capabilities"))
 _OWN_KEYS = frozenset(("devices", "vnis", "tcs", "limits", "dataDir", "localAllocator",
                        "kubernetes", "logFile", "logLevel", "timeout", "destroyRetries",
-                       "destroyRetryDelay"))
+                       "destroyRetryDelay", "netnsMethod"))
+NETNS_METHODS = ("auto", "member", "set_netns")
 _LOCAL_KEYS = frozenset(("path", "ranges", "quarantine", "key"))
 _K8S_KEYS = frozenset(("kubeconfig", "timeout"))
 LOG_LEVELS = ("error", "warning", "info", "debug")
@@ -69,7 +70,7 @@ class NetConf:
     __slots__ = ("cni_version", "name", "type", "prev_result", "runtime_config", "devices",
                  "vnis", "tcs", "limits", "data_dir", "local_allocator", "kubernetes",
                  "log_file", "log_level", "timeout", "destroy_retries", "destroy_retry_delay",
-                 "valid_attachments", "raw")
+                 "netns_method", "valid_attachments", "raw")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -277,6 +278,10 @@ def parse_conf(stdin, command="ADD"):
     if not _number(delay) or not 0 <= delay <= 5:
         raise _bad("destroyRetryDelay", f"seconds in [0, 5] required, got {delay!r}")
 
+    method = raw.get("netnsMethod", "auto")
+    if method not in NETNS_METHODS:
+        raise _bad("netnsMethod", f"one of {', '.join(NETNS_METHODS)} is required, got {method!r}")
+
     valid = None
     if command == "GC":
         va = raw.get("cni.dev/valid-attachments", [])
@@ -294,7 +299,8 @@ def parse_conf(stdin, command="ADD"):
                    runtime_config=rc or {}, devices=devices, vnis=vnis, tcs=tcs, limits=limits,
                    data_dir=data_dir, local_allocator=local, kubernetes=k8s, log_file=log_file,
                    log_level=log_level, timeout=timeout, destroy_retries=retries,
-                   destroy_retry_delay=float(delay), valid_attachments=valid, raw=raw)
+                   destroy_retry_delay=float(delay), netns_method=method,
+                   valid_attachments=valid, raw=raw)
 
 
 def parse_cni_args(s):

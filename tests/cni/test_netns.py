@@ -28,11 +28,11 @@ def host(netns):
     return netns.add("cxh")
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_add_access_check_del(version, cni_env, netns, host, tool_factory):
+@pytest.mark.parametrize("version,method", [(v, "auto") for v in VERSIONS] + [("1.0.0", "set_netns")])
+def test_add_access_check_del(version, method, cni_env, netns, host, tool_factory):
     tool = tool_factory(host)
     pod, other = netns.add(), netns.add()
-    net = conflist(version, "cxinet", cxi_conf(cni_env, vnis=[1100]), cni_env)
+    net = conflist(version, "cxinet", cxi_conf(cni_env, vnis=[1100], netnsMethod=method), cni_env)
     res = tool.add(net, netns.path(pod), "eth0", "ctrA")
     assert res["cniVersion"] == version
     assert any(i.get("sandbox") == netns.path(pod) for i in res["interfaces"])   # passed through

@@ -92,12 +92,14 @@ def test_sigkill_at_random_times_during_add(cni_env, netns):
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), i
 
 
-def test_crash_at_every_device_write_during_add(cni_env, netns):
+@pytest.mark.parametrize("method", ["member", "set_netns"])
+def test_crash_at_every_device_write_during_add(cni_env, netns, method):
     """PYCXI_SIM_CRASHPOINT=N kills the plugin at the N-th journalled write of the device model:
-    every step of both allocations (and the record writes between them)."""
+    every step of both allocations (and the record writes between them), for both ways of
+    binding the netns (set_netns: a service exists for a while with no member at all)."""
     pod = netns.add()
-    conf = dict(cxi_conf(cni_env, vnis=[2200], logLevel="error"), cniVersion="1.1.0",
-                name="crash", prevResult=PREV)
+    conf = dict(cxi_conf(cni_env, vnis=[2200], logLevel="error", netnsMethod=method),
+                cniVersion="1.1.0", name="crash", prevResult=PREV)
     crashed = 0
     for n in range(1, 80):
         p = _start_add(cni_env, conf, f"c{n}", netns.path(pod), {"PYCXI_SIM_CRASHPOINT": str(n)})
@@ -113,6 +115,7 @@ def test_crash_at_every_device_write_during_add(cni_env, netns):
         assert count_services() == 0, (n, services())
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), n
     assert crashed >= 2
+    print(f"crashed at {crashed} device writes before an ADD completed")
 
 
 def test_sigkill_during_del_then_del_again(cni_env, netns):
