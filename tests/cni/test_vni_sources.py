@@ -181,3 +181,25 @@ def test_local_allocator_job_key_shared(cni_env, netns, tmp_path, strict):
     assert plugin_call(cni_env, "DEL", c, cid="j2")[0] == 0
     assert plugin_call(cni_env, "DEL", c, cid="j1")[0] == 0
     assert count_services() == 0
+
+
+def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
+    """The Kubernetes source adds the standard library's HTTP client and nothing else: no
+    PyYAML (the kubeconfig is JSON), no Kubernetes client, no kopf, no asyncio, no sqlite3."""
+    import subprocess
+    pod = netns.add()
+    api.pod("ns1", "p1", {"type": COND, "status": "True", "reason": "Allocated", "message": "vnis=4400"})
+    c = dict(cxi_conf(cni_env, kubernetes={"kubeconfig": api.kubeconfig}), cniVersion="1.0.0",
+             name="k8si", prevResult=PREV)
+    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
+               CNI_NETNS=netns.path(pod), CNI_PATH=cni_env.bin, CNI_ARGS=k8s_args("ns1", "p1"))
+    from conftest import PY
+    p = subprocess.run([PY, "-IS", "-X", "importtime", os.path.join(cni_env.bin, "cxi")],
+                       input=json.dumps(c), env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    mods = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "import time:" in line}
+    assert "pycxi.vni.lookup" in mods and "http.client" in mods
+    bad = {m for m in mods if m.split(".")[0] in ("yaml", "kubernetes", "kopf", "asyncio", "sqlite3",
+                                                   "aiohttp", "requests", "logging")}
+    assert not bad, bad
+    assert plugin_call(cni_env, "DEL", c, cid="ki")[0] == 0
