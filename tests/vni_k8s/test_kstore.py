@@ -1,0 +1,93 @@
+"""KubeStore specifics beyond the shared conformance suite (tests/vni/): the races and
+crash leftovers that only an API-server-backed store has.  Fake API server: see
+fakeapi.py (no kube-apiserver can be installed here)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pycxi.vni.kstore import KubeStore, format_time, key_hash
+from pycxi.vni.kube import API_VERSION
+from pycxi.vni.store import VniExhausted
+
+VNIS = "/apis/vni.pycxi.dev/v1alpha1/vnis"
+
+
+class Clock:
+    def __init__(self, t: float = 1_800_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def store(kubeconfig, **kw) -> KubeStore:
+    return KubeStore(kubeconfig=kubeconfig, **kw)
+
+
+def test_same_key_from_16_handles_gets_one_vni(kubeconfig, client):
+    handles = [store(kubeconfig, ranges=[(2000, 2099)]) for _ in range(16)]
+    got = []
+    barrier = threading.Barrier(len(handles))
+
+    def run(h):
+        barrier.wait()
+        got.append(h.acquire("the-key"))
+
+    ts = [threading.Thread(target=run, args=(h,)) for h in handles]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(set(got)) == 1
+    live = [o for o in client.list(VNIS) if not (o.get("status") or {}).get("releasedAt")]
+    assert [o["spec"]["vni"] for o in live] == got[:1], "the losers removed their own Vni"
+
+
+def test_a_stale_delete_never_removes_a_newer_holder(kubeconfig, client):
+    clock = Clock()
+    a = store(kubeconfig, ranges=[(2000, 2000)], quarantine=10, clock=clock)
+    b = store(kubeconfig, ranges=[(2000, 2000)], quarantine=10, clock=clock)
+    assert a.acquire("old") == 2000
+    a.release("old")
+    a._refresh()  # a has seen the quarantined version of vni-2000
+    seen = a._seen[2000]
+    clock.t += 10
+    assert b.acquire("new") == 2000  # b deleted the expired object and re-created it
+    # a, late, deletes the version it saw: the precondition protects b's object
+    assert a._delete_vni(2000, seen.uid, seen.rv) is False
+    assert client.get(VNIS + "/vni-2000")["spec"]["key"] == "new"
+    assert b.get("new") == 2000
+
+
+def test_gc_quarantines_orphans_and_deletes_expired(kubeconfig, client):
+    clock = Clock()
+    s = store(kubeconfig, ranges=[(3000, 3009)], quarantine=5, clock=clock, orphan_age=0.0)
+    held = s.acquire("held")
+    # an orphan: a Vni created by an allocator that died before writing the key record
+    client.create(VNIS, {"apiVersion": API_VERSION, "kind": "Vni",
+                         "metadata": {"name": "vni-3005",
+                                      "labels": {"vni.pycxi.dev/key-hash": key_hash("ghost")}},
+                         "spec": {"vni": 3005, "key": "ghost", "allocatedAt": format_time(clock.t)}})
+    assert {a.vni for a in s.list()} == {held}, "list() hides an orphan older than orphan_age"
+    assert s.gc() == 1
+    assert client.get(VNIS + "/vni-3005")["status"]["releasedAt"]
+    assert [(a.vni, a.state) for a in s.list()] == [(held, "allocated"), (3005, "quarantined")]
+    clock.t += 5
+    assert s.gc() == 1  # the expired quarantine is deleted
+    assert [o["metadata"]["name"] for o in client.list(VNIS)] == [f"vni-{held}"]
+    assert s.get("held") == held
+
+
+def test_release_then_acquire_by_another_handle_respects_quarantine(kubeconfig):
+    clock = Clock()
+    a = store(kubeconfig, ranges=[(4000, 4001)], quarantine=30, clock=clock)
+    b = store(kubeconfig, ranges=[(4000, 4001)], quarantine=30, clock=clock)
+    assert a.acquire("x") == 4000 and b.acquire("y") == 4001
+    assert b.release("x") is True  # any handle may release any key
+    assert a.get("x") is None
+    with pytest.raises(VniExhausted, match="1 in quarantine"):
+        a.acquire("z")
+    clock.t += 30
+    assert a.acquire("z") == 4000
