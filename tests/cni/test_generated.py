@@ -10,7 +10,7 @@ import pytest
 hyp = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from conftest import HERE, PY  # noqa: E402
+from cniutil import HERE, PY  # noqa: E402
 
 VALID = {"cniVersion": "1.0.0", "name": "gen", "type": "cxi", "vnis": [3000],
          "prevResult": {"cniVersion": "1.0.0", "interfaces": [], "ips": []}}

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import PY, REPO
+from cniutil import PY, REPO
 from pycxi.cni import install
 from pycxi.cni.config import parse_conf
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import (index_links, PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
+from cniutil import (index_links, PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
                       need_bridge, plugin_call, access_cmd, records, run, services, sim_reset, pyrun)
 
 pytestmark = [need_bridge]

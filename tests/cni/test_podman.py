@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from conftest import PY, REPO, count_services, records, services
+from cniutil import PY, REPO, count_services, records, services
 
 pytestmark = pytest.mark.podman
 

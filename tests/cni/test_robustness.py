@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import index_links, PREV, count_services, cxi_conf, plugin_call, records, services
+from cniutil import index_links, PREV, count_services, cxi_conf, plugin_call, records, services
 
 NO_LE = {"LE": {"max": 0, "res": 0}}     # 50 services per NIC exceed the 15 LE pools (13.1)
 

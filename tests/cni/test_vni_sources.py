@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import index_links, PREV, count_services, cxi_conf, plugin_call, records, services, sim_reset
+from cniutil import index_links, PREV, count_services, cxi_conf, plugin_call, records, services, sim_reset
 
 COND = "vni.pycxi.dev/Allocated"
 
@@ -193,7 +193,7 @@ def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
              name="k8si", prevResult=PREV)
     env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
                CNI_NETNS=netns.path(pod), CNI_PATH=cni_env.bin, CNI_ARGS=k8s_args("ns1", "p1"))
-    from conftest import PY
+    from cniutil import PY
     p = subprocess.run([PY, "-IS", "-X", "importtime", os.path.join(cni_env.bin, "cxi")],
                        input=json.dumps(c), env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
