@@ -4,9 +4,10 @@ Without network access: every patch is a ``git format-patch`` mail with a subjec
 description and our sign-off, touches the files its component needs, and the diffs add
 ``CXI_SVC_MEMBER_NET_NS`` (= 3, after GID), the ``netns`` union member and, for 13.1, the
 ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2). The 13.1
-driver series ends with 0003, which lets two exact-VNI RX/TX profiles overlap (the rule of
-upstream fd6adba, §a.4), so that several pods of one job can each have a service on the
-job's VNI on one node.
+driver series continues with 0003, which lets two exact-VNI RX/TX profiles overlap (the rule
+of upstream fd6adba, §a.4), so that several pods of one job can each have a service on the
+job's VNI on one node, and ends with 0004, which makes C_PID_ANY skip the PIDs that domains
+of any profile use on the VNI (and clears the chosen PID on failure).
 
 If bare upstream snapshots exist (``$PYCXI_UPSTREAM_MIRRORS``, default ``/work/.mirror``,
 laid out as ``HewlettPackard+<repo>/repo``), each series is also checked with
@@ -41,6 +42,8 @@ SERIES = {
             "drivers/net/ethernet/hpe/ss1/cxi_ac_entry_list.c",
             "drivers/net/ethernet/hpe/ss1/cxi_user_core.c",
             "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/cass_rmu.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_rx_profile.c",
         },
         "ops": True,
     },
@@ -204,22 +207,69 @@ def test_driver_13_netns_entries_take_value_from_descriptor_and_grant_only():
 
 
 DRV13_OVERLAP = "0003-cxi-allow-two-exact-VNI-profiles-to-overlap.patch"
+DRV13_PID_ANY = "0004-cxi-choose-any-PID-across-all-profiles-of-a-VNI.patch"
 RXTX = "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c"
+RMU = "drivers/net/ethernet/hpe/ss1/cass_rmu.c"
+RXP = "drivers/net/ethernet/hpe/ss1/cxi_rx_profile.c"
+TEST_SVC = "drivers/net/ethernet/hpe/ss1/tests/test_service.c"
 
 
-def test_driver_13_series_is_netns_then_exact_vni_overlap():
+def test_driver_13_series_is_netns_then_exact_vni_overlap_then_pid_any():
     names = [os.path.basename(p) for p in _series("shs-cxi-driver", "release-shs-13.1.0")]
-    assert len(names) == 3 and names[2] == DRV13_OVERLAP, names
+    assert len(names) == 4 and names[2] == DRV13_OVERLAP and names[3] == DRV13_PID_ANY, names
+    subjects = [[l for l in _read(p).splitlines()[:8] if l.startswith("Subject: ")][0]
+                for p in _series("shs-cxi-driver", "release-shs-13.1.0")]
+    assert all(f"[PATCH {i}/4]" in s for i, s in enumerate(subjects, 1)), subjects
     text = _read(_series("shs-cxi-driver", "release-shs-13.1.0")[2])
     head = text.partition("\n---\n")[0]
-    assert "Subject: [PATCH 3/3] cxi: allow two exact-VNI profiles to overlap" in head
+    assert "Subject: [PATCH 3/4] cxi: allow two exact-VNI profiles to overlap" in head
     # the description says why (one service per pod), names the upstream rule and what stays refused
     flat = " ".join(head.split())
     assert "fd6adba" in flat and "EEXIST" in flat and "pod" in flat
     assert "range against range and range against exact VNI" in flat
     assert SIGNOFF in head.splitlines()
     # only the overlap test and the in-tree service test change
-    assert set(_diffs(text)) == {RXTX, "drivers/net/ethernet/hpe/ss1/tests/test_service.c"}
+    assert set(_diffs(text)) == {RXTX, TEST_SVC}
+
+
+def _after(text, path):
+    """The lines of ``path`` that a patch's hunks leave (context and added), joined."""
+    return "\n" + "\n".join("\n".join(l[1:] for l in h if l[:1] in (" ", "+"))
+                            for h in _hunks(text, path)) + "\n"
+
+
+def test_driver_13_pid_any_skips_pids_of_other_profiles_and_clears_the_chosen_pid():
+    text = _read(os.path.join(PATCHES, "shs-cxi-driver", "release-shs-13.1.0", DRV13_PID_ANY))
+    head = text.partition("\n---\n")[0]
+    assert "Subject: [PATCH 4/4] cxi: choose any PID across all profiles of a VNI" in head
+    flat = " ".join(head.split())
+    assert "C_PID_ANY" in flat and "EEXIST" in flat and "pod" in flat and "ENOSPC" in flat
+    assert "cxi_domain_reserve()" in flat  # says what stays as it was (reserved PIDs)
+    assert SIGNOFF in head.splitlines()
+    assert set(_diffs(text)) == {RMU, RXP, TEST_SVC,
+                                 "drivers/net/ethernet/hpe/ss1/cxi_configuration.h"}
+    rmu = _after(text, RMU)
+    # the device-wide check walks the domain tree under the lock insert_domain() uses
+    helper = re.search(r"\nbool cxi_domain_pids_in_use\(.*?\n\}\n", rmu, re.S)
+    assert helper, "cxi_domain_pids_in_use() not added"
+    h = helper.group(0)
+    assert "spin_lock(&hw->domain_lock);" in h and "spin_unlock(&hw->domain_lock);" in h
+    assert "hw->domain_tree.rb_node" in h
+    # the error path clears the PID that was chosen, not the requested one (C_PID_ANY)
+    removed = [l for hk in _hunks(text, RMU) for l in hk if l.startswith("-")]
+    assert "-\tcxi_rx_profile_update_pid_table(rx_profile, pid, 1, false);" in removed
+    assert re.search(r"free_pid:\n.*?if \(domain_pid >= 0\)\n"
+                     r"\t\tcxi_rx_profile_update_pid_table\(rx_profile, domain_pid, 1,", rmu, re.S)
+    # only C_PID_ANY retries after a lost race, a bounded number of times
+    assert "if (rc == -EEXIST && pid == C_PID_ANY && --tries) {" in rmu
+    # C_PID_ANY skips candidates in use on the VNI; explicit PIDs still meet insert_domain()
+    rxp = _after(text, RXP)
+    assert re.search(r"while \(pid == C_PID_ANY &&\n\s+new_pid \+ count < dev->prop.pid_count &&\n"
+                     r"\s+cxi_domain_pids_in_use\(dev, vni, new_pid, count\)\)", rxp)
+    test = "\n".join(_diffs(text)[TEST_SVC])
+    assert "static int test_service_pid_any_across_profiles(struct cxi_dev *dev)" in test
+    assert "rc = test_service_pid_any_across_profiles(dev);" in test
+    assert "override_creds(cred)" in test and "revert_creds(old_cred)" in test
 
 
 def _vni_overlap_test_body(source):
@@ -378,6 +428,10 @@ def test_series_applies_with_git_apply_check_on_its_tag(component, tagdir, tmp_p
         if tagdir == "release-shs-13.1.0":
             body = _vni_overlap_test_body((tree / RXTX).read_text())
             assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
+            rmu = (tree / RMU).read_text()
+            assert "cxi_rx_profile_update_pid_table(rx_profile, pid, 1, false);" not in rmu
+            assert "\nbool cxi_domain_pids_in_use(struct cxi_dev *cdev, unsigned int vni," in rmu
+            assert "cxi_domain_pids_in_use(dev, vni, new_pid, count)" in (tree / RXP).read_text()
         if SERIES[(component, tagdir)]["ops"]:
             ops = _enum_values(abi, "cxi_command_opcode")
             assert ops["CXI_OP_SVC_SET_NETNS"] == 84
