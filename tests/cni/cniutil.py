@@ -20,7 +20,8 @@ PY = sys.executable
 VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
 DEBIAN_CNI = "/usr/lib/cni"
 
-sys.path.insert(0, HERE)
+if HERE not in sys.path:
+    sys.path.append(HERE)
 from cnitool import CniTool, PluginError  # noqa: E402
 
 

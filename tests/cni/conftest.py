@@ -7,8 +7,12 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cniutil import (DEBIAN_CNI, HERE, PY, CniTool, Netns, _core_ready, sim_reset)  # noqa: E402
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from cniutil import (DEBIAN_CNI, HERE, PY, REPO, CniTool, Netns, _core_ready,  # noqa: E402,F401
+                     sim_reset)
+# REPO is re-exported on purpose: a test elsewhere doing ``from conftest import REPO`` gets
+# whichever conftest module pytest loaded last, possibly this one.
 
 
 @pytest.fixture
