@@ -86,3 +86,14 @@ def test_installer_kubeconfig_loads(tmp_path):
     cfg = KubeConfig.from_kubeconfig(str(tmp_path / "cxi.kubeconfig"))
     assert cfg.host == "10.43.0.1" and cfg.port == 443 and cfg.scheme == "https"
     assert cfg.token_file == str(tmp_path / "token")
+
+
+def test_console_script():
+    """``pip install .`` provides ``cxi`` (pyproject's console script), so a venv's bin/ can
+    serve as a CNI bin dir."""
+    exe = os.path.join(os.path.dirname(PY), "cxi")
+    if not os.access(exe, os.X_OK):
+        pytest.skip("pycxi is not pip-installed into this interpreter's environment")
+    p = subprocess.run([exe], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"},
+                       capture_output=True)
+    assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.4.0"
