@@ -305,6 +305,9 @@ class Controller:
         self.workloads: Dict[str, Workload] = {}
         self.pods: Dict[str, PodInfo] = {}
         self.rs_owner: Dict[str, Optional[str]] = {}     # ReplicaSet uid -> Deployment uid
+        # reverse indexes, so that a workload finds its pods without scanning all pods
+        self.pods_by_owner: Dict[str, Set[str]] = {}     # controller uid -> pod uids
+        self.rs_by_deployment: Dict[str, Set[str]] = {}  # Deployment uid -> ReplicaSet uids
         self.bodies: Dict[str, Tuple[Kind, dict]] = {}   # last body of workloads to retry
         self.retry_at: Dict[str, Tuple[float, int]] = {}  # uid -> (when, attempt)
         self._events_sent: Dict[Tuple[str, str], float] = {}
@@ -341,6 +344,14 @@ class Controller:
         which is correct (allocation is an atomic create) but doubles the API load."""
         return self._leader
 
+    @staticmethod
+    def _discard(index: Dict[str, Set[str]], key: str, value: str) -> None:
+        vals = index.get(key)
+        if vals is not None:
+            vals.discard(value)
+            if not vals:
+                del index[key]
+
     # -- events from kopf --
 
     def on_replicaset(self, body: dict, deleted: bool) -> None:
@@ -351,12 +362,16 @@ class Controller:
         ref = controller_ref(meta)
         if deleted:
             with self._lock:
-                self.rs_owner.pop(uid, None)
+                dep = self.rs_owner.pop(uid, None)
+                if dep:
+                    self._discard(self.rs_by_deployment, dep, uid)
         else:
             owner = ref.get("uid") if ref and ref.get("kind") == "Deployment" else None
             with self._lock:
                 known = uid in self.rs_owner
                 self.rs_owner[uid] = owner
+                if owner:
+                    self.rs_by_deployment.setdefault(owner, set()).add(uid)
             if not known:
                 self._stamp_pods_of({uid})
         if not (ref and ref.get("kind") == "Deployment"):
@@ -399,6 +414,8 @@ class Controller:
         if deleted:
             with self._lock:
                 info = self.pods.pop(uid, None)
+                if info and info.owner_uid:
+                    self._discard(self.pods_by_owner, info.owner_uid, uid)
             if info and info.owner_uid:
                 self._maybe_release_generic(info.owner_uid)
             return
@@ -411,6 +428,8 @@ class Controller:
             if info is None:
                 info = self.pods[uid] = PodInfo(meta.get("namespace"), meta.get("name"),
                                                 ref.get("uid") if ref else None, ref)
+                if info.owner_uid:
+                    self.pods_by_owner.setdefault(info.owner_uid, set()).add(uid)
             info.stamped = cond
         if ref is not None and not self._watched_ref(ref):
             self._generic_owner(body, ref)
@@ -444,7 +463,7 @@ class Controller:
             wl = self.workloads.get(owner_uid)
             if wl is None or not wl.generic:
                 return
-            if any(p.owner_uid == owner_uid for p in self.pods.values()):
+            if self.pods_by_owner.get(owner_uid):
                 return
         self.reconcile(wl, gone=True)
 
@@ -614,9 +633,13 @@ class Controller:
 
     def _stamp_pods_of(self, uids: Set[str]) -> None:
         with self._lock:
-            todo = [pid for pid, p in self.pods.items()
-                    if p.owner_uid in uids or self.rs_owner.get(p.owner_uid or "") in uids
-                    or pid in uids]
+            todo: Set[str] = set()
+            for u in uids:
+                if u in self.pods:
+                    todo.add(u)  # a bare pod is its own workload
+                todo |= self.pods_by_owner.get(u, set())
+                for rs in self.rs_by_deployment.get(u, ()):
+                    todo |= self.pods_by_owner.get(rs, set())
         for pid in todo:
             self._stamp_pod(pid)
 
@@ -838,7 +861,7 @@ class Controller:
                 if time.monotonic() - self.started < max(10.0, 2 * self.config.resync):
                     return False
                 with self._lock:
-                    return not any(p.owner_uid == holder["uid"] for p in self.pods.values()) \
+                    return not self.pods_by_owner.get(holder["uid"]) \
                         and holder["uid"] not in self.workloads
             path = kind.path(holder.get("namespace"), holder.get("name"))
         try:

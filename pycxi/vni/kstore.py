@@ -56,6 +56,7 @@ LABEL_KEY_HASH = f"{GROUP}/key-hash"
 LABEL_ROLE = f"{GROUP}/role"
 ANN_KEY = f"{GROUP}/key"
 ANN_CREATED = f"{GROUP}/created-ns"
+ANN_COMMITTED = f"{GROUP}/committed"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "pycxi-vni"}
 LEASES = ("coordination.k8s.io", "v1", "leases")
 STATE_PENDING = "pending"  # a create of ours in flight (this handle only)
@@ -162,23 +163,48 @@ class KubeStore(VniStore):
             v = self.get(key)
             if v is not None:
                 return v, False
+            t0 = time.monotonic()
             v, obj = self._allocate(key, owner, holder)
             try:
-                self._call(self.client.create, self._lease_path(), {
+                record = self._call(self.client.create, self._lease_path(), {
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": name, "namespace": self.namespace,
                                  "labels": {**MANAGED_BY, LABEL_ROLE: "key"},
                                  "annotations": {ANN_KEY: key}},
                     "spec": {"holderIdentity": vni_name(v),
                              "acquireTime": format_time(time.time())}})
-                return v, True
             except KubeError as e:
                 # 409: another allocator committed this key first.  Our Vni was never
                 # handed to anyone: delete exactly it, then answer with theirs.
                 self._delete_vni(v, obj["metadata"].get("uid"), None)
                 if not e.conflict:
                     raise VniApiError(str(e)) from e
+                continue
+            if time.monotonic() - t0 > self.orphan_age / 3 and not self._confirm(v, obj, record):
+                continue  # too slow: gc took our Vni for an orphan; allocate anew
+            return v, True
         raise VniApiError(f"could not settle the allocation of {key!r}")
+
+    def _confirm(self, v: int, obj: dict, record: dict) -> bool:
+        """After a slow commit: make sure gc has not quarantined our Vni meanwhile.  The
+        gc quarantines with the resourceVersion it saw, and this touch needs the version
+        we created, so exactly one of the two wins.  (A fast commit needs no check: gc
+        only reclaims Vni objects older than ``orphan_age``, by the API server's
+        creationTimestamp and its own clock; clocks within orphan_age/3 suffice.)"""
+        try:
+            self._call(self.client.patch, self._vni_path(v), {"metadata": {
+                "resourceVersion": obj["metadata"].get("resourceVersion"),
+                "annotations": {ANN_COMMITTED: "true"}}})
+            return True
+        except KubeError as e:
+            if e.status not in (404, 409):
+                raise VniApiError(str(e)) from e
+        md = record.get("metadata") or {}
+        try:
+            self._call(self.client.delete, self._lease_path(md.get("name")), uid=md.get("uid"))
+        except KubeError:
+            pass
+        return False
 
     def release(self, key: str) -> bool:
         key = self._check_key(key)
@@ -219,6 +245,14 @@ class KubeStore(VniStore):
 
     def list_objects(self) -> List[Tuple[Allocation, dict]]:
         """Like :meth:`list`, with each entry's ``Vni`` object (for the controller)."""
+        return [(a, o) for a, o, hidden, _ in self._snapshot() if not hidden]
+
+    def _snapshot(self) -> List[Tuple[Allocation, dict, bool, bool]]:
+        """Every live allocation with (hidden, orphan) flags, from one LIST of ``Vni``
+        objects and one of key records taken after it.  *hidden*: not the VNI its key
+        holds (a race loser about to delete it, or an orphan); *orphan*: hidden and
+        older than ``orphan_age``.  Deciding from one snapshot matters: a ``Vni``
+        created after the first LIST must never look like an orphan."""
         objs = self._list_vnis()
         records = {}
         for r in self._list(self._lease_path(), f"{LABEL_ROLE}=key"):
@@ -230,15 +264,20 @@ class KubeStore(VniStore):
             a = self._allocation(o, now)
             if a is None:
                 continue
+            hidden = orphan = False
             if a.state == STATE_ALLOCATED:
                 h = records.get(key_hash(a.key))
-                if h and h not in (vni_name(a.vni), "released:" + vni_name(a.vni)):
-                    continue  # the key holds another VNI: an orphan, see gc()
                 created = parse_time((o.get("metadata") or {}).get("creationTimestamp")) or wall
-                if (h is None or h == "") and wall - created > self.orphan_age:
-                    continue
-            out.append((a, o))
-        out.sort(key=lambda ao: ao[0].vni)
+                old = wall - created > self.orphan_age
+                if h:
+                    hidden = h not in (vni_name(a.vni), "released:" + vni_name(a.vni))
+                    orphan = hidden and old
+                else:
+                    # no record yet (an acquire in flight) or any more (a release in
+                    # flight, or a crash between the two steps)
+                    hidden = orphan = old
+            out.append((a, o, hidden, orphan))
+        out.sort(key=lambda t: t[0].vni)
         return out
 
     def close(self) -> None:
@@ -249,20 +288,21 @@ class KubeStore(VniStore):
     # --- beyond the interface (the controller's GC) -------------------------------------
 
     def gc(self) -> int:
-        """Quarantine orphans (allocated ``Vni`` objects no key record points to, left by
-        a crash between create and commit) and delete ``Vni`` objects whose quarantine is
-        over.  Returns how many objects changed."""
-        listed = {a.vni for a, _ in self.list_objects()}
+        """Quarantine orphans (allocated ``Vni`` objects no key record points to, older
+        than ``orphan_age``: a crash between create and commit, a create whose response
+        was lost) and delete ``Vni`` objects whose quarantine is over.  Returns how many
+        objects changed."""
         now, n = self.clock(), 0
+        for a, o, _, orphan in self._snapshot():
+            if orphan:
+                # only the version we judged: a concurrent commit (see _confirm) wins
+                self._quarantine(a.vni, now, (o.get("metadata") or {}).get("resourceVersion"))
+                n += 1
         for o in self._list_vnis():
             a = self._allocation(o, float("-inf"))
             md = o.get("metadata") or {}
-            if a is None:
-                continue
-            if a.state == STATE_ALLOCATED and a.vni not in listed:
-                self._quarantine(a.vni, now)
-                n += 1
-            elif a.state == STATE_QUARANTINED and quarantine_over(a.since, now, self.quarantine):
+            if a is not None and a.state == STATE_QUARANTINED and \
+                    quarantine_over(a.since, now, self.quarantine):
                 if self._delete_vni(a.vni, md.get("uid"), md.get("resourceVersion")):
                     n += 1
         return n
@@ -294,15 +334,18 @@ class KubeStore(VniStore):
         return Allocation(str(spec.get("key", "")), v, STATE_ALLOCATED,
                           since if since is not None else 0.0, spec.get("owner"))
 
-    def _quarantine(self, v: int, now: float) -> None:
+    def _quarantine(self, v: int, now: float, rv: Optional[str] = None) -> None:
+        """Release ``vni-<v>`` into quarantine; with ``rv``, only that very version (a 409
+        means it changed: left alone)."""
+        body: Dict[str, Any] = {"metadata": {"resourceVersion": rv}} if rv else {}
         try:
-            o = self._call(self.client.patch, self._vni_path(v, "status"), {"status": {
+            o = self._call(self.client.patch, self._vni_path(v, "status"), {**body, "status": {
                 "releasedAt": format_time(now),
                 "conditions": [{"type": "Ready", "status": "False", "reason": "Quarantined",
                                 "message": f"released; reusable after {self.quarantine:g} s",
                                 "lastTransitionTime": format_time(time.time())}]}})
         except KubeError as e:
-            if e.not_found:
+            if e.not_found or (rv and e.conflict):
                 return
             raise VniApiError(str(e)) from e
         md = o.get("metadata") or {}

@@ -91,3 +91,38 @@ def test_release_then_acquire_by_another_handle_respects_quarantine(kubeconfig):
         a.acquire("z")
     clock.t += 30
     assert a.acquire("z") == 4000
+
+
+def test_a_slow_commit_never_keeps_a_vni_the_gc_reclaimed(kubeconfig, client):
+    """gc reclaims a Vni with no key record after orphan_age; an allocator that was
+    that slow between its two creates must notice and allocate anew."""
+    import time
+
+    s = store(kubeconfig, ranges=[(5000, 5009)], orphan_age=0.5)
+    other = store(kubeconfig, ranges=[(5000, 5009)], orphan_age=0.5)
+    v, obj = s._allocate("k", None, None)
+    time.sleep(1.1)  # creationTimestamp has a 1 s resolution
+    assert other.gc() == 1, "no key record: an orphan"
+    record = client.create(s._lease_path(), {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": s._record_name("k"), "namespace": s.namespace},
+        "spec": {"holderIdentity": f"vni-{v}"}})
+    assert s._confirm(v, obj, record) is False
+    assert s.get("k") is None, "the record of the lost allocation is gone"
+    # the other order: the commit is confirmed first, the gc's stale judgement loses
+    v2, obj2 = s._allocate("k2", None, None)
+    time.sleep(1.1)
+    snap = other._snapshot()
+    rec2 = client.create(s._lease_path(), {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": s._record_name("k2"), "namespace": s.namespace},
+        "spec": {"holderIdentity": f"vni-{v2}"}})
+    assert s._confirm(v2, obj2, rec2) is True
+    [(a, o, _, orphan)] = [t for t in snap if t[0].vni == v2]
+    assert orphan
+    other._quarantine(v2, 0.0, o["metadata"]["resourceVersion"])  # gc acting on the old view
+    assert not (client.get(VNIS + f"/vni-{v2}").get("status") or {}).get("releasedAt")
+    assert s.get("k2") == v2
+    # and end to end: with a tiny orphan age every commit is confirmed
+    fast = store(kubeconfig, ranges=[(5000, 5009)], orphan_age=0.0)
+    assert fast.acquire("k3") == fast.get("k3")
