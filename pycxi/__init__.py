@@ -6,8 +6,6 @@ CXI device (``pycxi.BACKEND`` says which).  The extension is loaded lazily, so
 """
 from __future__ import annotations
 
-from typing import Any
-
 from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
 
 __version__ = "0.1.0"
@@ -36,7 +34,7 @@ _LAZY = {
 __all__ = ["CxiError", "CxiLibError", "CxiUserError", "errno_name", "__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'pycxi' has no attribute {name!r}")

@@ -5,7 +5,6 @@ Every C call is followed by the same check: a negative return becomes
 :class:`pycxi.CxiLibError` through :func:`pycxi.errors.from_rc`.
 """
 import errno as _errno
-import weakref
 
 from libc.errno cimport EINVAL, ENOSPC
 from libc.stdint cimport uint16_t
@@ -116,7 +115,7 @@ cdef class Device:
             self.dev = NULL
             raise from_rc(rc, "cxil_open_device", detail=f"cxi{self.dev_id}")
         self.info = _devinfo(&self.dev.info)
-        self.lnis = weakref.WeakSet()
+        self.lnis = None   # a WeakSet once an LNI exists: weakref costs the CNI plugin's start-up
 
     def __dealloc__(self):
         if self.dev != NULL:
@@ -135,7 +134,7 @@ cdef class Device:
         """Release LNIs opened through this handle, then the handle (idempotent)."""
         if self.dev == NULL:
             return
-        for lni in list(self.lnis):
+        for lni in list(self.lnis or ()):
             lni.close()
         cxil_close_device(self.dev)
         self.dev = NULL
@@ -355,9 +354,13 @@ cdef class Device:
         if rc < 0:
             lni.lni = NULL
             raise from_rc(rc, "cxil_alloc_lni", detail=f"svc_id {svc_id}")
+        import weakref
+
         lni.device = self
         lni.svc_id = svc_id
         lni.children = weakref.WeakSet()
+        if self.lnis is None:
+            self.lnis = weakref.WeakSet()
         self.lnis.add(lni)
         return lni
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Any, Optional
 
 
 class CxiError(Exception):
@@ -22,7 +21,7 @@ class CxiLibError(CxiError, OSError):
     ``cxil_alloc_svc``/``cxil_update_svc`` and ``None`` otherwise.
     """
 
-    def __init__(self, err: int, func: str, fail_info: Optional[Any] = None,
+    def __init__(self, err: int, func: str, fail_info: object | None = None,
                  detail: str = "") -> None:
         msg = f"{func}: {os.strerror(err)} ({errno_name(err)})"
         if detail:
@@ -42,6 +41,6 @@ def errno_name(err: int) -> str:
     return _errno.errorcode.get(err, f"E{err}")
 
 
-def from_rc(rc: int, func: str, fail_info: Optional[Any] = None, detail: str = "") -> CxiLibError:
+def from_rc(rc: int, func: str, fail_info: object | None = None, detail: str = "") -> CxiLibError:
     """Build the exception for a negative libcxi return code ``rc``."""
     return CxiLibError(-rc, func, fail_info, detail)

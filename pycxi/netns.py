@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
 
 from pycxi.errors import CxiUserError
 
 
-def netns_inode(path_or_pid: Optional[Union[str, int, os.PathLike]] = None) -> int:
+def netns_inode(path_or_pid: str | int | os.PathLike | None = None) -> int:
     """Return the inode of a network namespace.
 
     ``None``: the calling thread's (``/proc/thread-self/ns/net``); an ``int``: that pid's;

@@ -388,10 +388,10 @@ cdef class SvcDesc:
     @classmethod
     def from_bytes(cls, data):
         cdef SvcDesc out = SvcDesc.__new__(SvcDesc)
-        cdef const unsigned char[:] view = bytes(data)
-        if view.shape[0] != sizeof(cxi_svc_desc):
-            raise CxiUserError(f"a descriptor is {sizeof(cxi_svc_desc)} bytes, got {view.shape[0]}")
-        memcpy(&out.desc, &view[0], sizeof(cxi_svc_desc))
+        cdef bytes raw = bytes(data)   # not a memoryview: its support code imports collections
+        if len(raw) != sizeof(cxi_svc_desc):
+            raise CxiUserError(f"a descriptor is {sizeof(cxi_svc_desc)} bytes, got {len(raw)}")
+        memcpy(&out.desc, <const char *>raw, sizeof(cxi_svc_desc))
         return out
 
     def copy(self):

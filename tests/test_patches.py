@@ -23,7 +23,7 @@ import io
 
 import pytest
 
-from conftest import REPO
+from coreutil import REPO
 
 PATCHES = os.path.join(REPO, "patches")
 SIGNOFF = "Signed-off-by: pycxi developers <pycxi@example.org>"
