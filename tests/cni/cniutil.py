@@ -22,7 +22,7 @@ DEBIAN_CNI = "/usr/lib/cni"
 
 if HERE not in sys.path:
     sys.path.append(HERE)
-from cnitool import CniTool, PluginError  # noqa: E402
+from pycxi.cni.cnitool import CniTool, PluginError  # noqa: E402
 
 
 def _core_ready():

@@ -1,4 +1,4 @@
-"""A conflist driver that follows libcni's rules (``libcni/api.go``), for the tests.
+"""A conflist driver that follows libcni's rules (``libcni/api.go``): tests, the demo, users.
 
 * each plugin's request is its entry plus the list's ``cniVersion`` and ``name`` (plus
   ``prevResult``, ``runtimeConfig`` and, for GC, ``cni.dev/valid-attachments``);
@@ -15,7 +15,7 @@
   STATUS: only ``CNI_COMMAND`` and ``CNI_PATH``);
 * a non-zero exit stops the chain; the error JSON is read from stdout (stderr as a fallback).
 
-Usage: ``python tests/cni/cnitool.py add|check|del|gc|status CONFLIST [NETNS] [IFNAME] [CID]``.
+Usage: ``python -m pycxi.cni.cnitool add|check|del|gc|status CONFLIST [NETNS] [IFNAME] [CID]``.
 """
 import json
 import os
