@@ -13,7 +13,12 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+# run from a checkout: this directory's helpers and the checkout's pycxi come first
+for _p in (REPO, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from fakeapi import FakeApiServer, write_kubeconfig  # noqa: E402
 

@@ -31,7 +31,7 @@ API_VERSIONS = {"Job": "batch/v1", "Deployment": "apps/v1", "ReplicaSet": "apps/
                 "VniClaim": "vni.pycxi.dev/v1alpha1"}
 
 
-def wait_for(fn, timeout: float = 20.0, interval: float = 0.05, what: str = ""):
+def wait_for(fn, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
     """Poll ``fn`` until it returns something truthy; its last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -149,7 +149,7 @@ class Cluster:
         except VniLookupError as e:
             return f"error: {e}"
 
-    def wait_lookup(self, ns: str, pod: str, timeout: float = 20.0):
+    def wait_lookup(self, ns: str, pod: str, timeout: float = 30.0):
         return wait_for(lambda: (lambda r: r if isinstance(r, list) and r else None)(
             self.lookup(ns, pod)), timeout, what=f"VNI for pod {ns}/{pod}")
 
