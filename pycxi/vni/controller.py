@@ -819,24 +819,41 @@ class Controller:
                 log.exception("resync failed")
 
     def resync(self) -> None:
-        """Release every VNI whose holder is gone or finished (checked by GET, not from
-        memory), quarantine orphans, drop expired quarantines, update the gauges."""
+        """Release every VNI whose holder is gone, replaced or finished (checked against
+        the API, not memory), quarantine orphans, drop expired quarantines, update the
+        gauges."""
         if self.metrics:
             self.metrics.leader.set(1 if self.active else 0)
         if not self.active:
             return
         entries = self.store.list_objects()
+        # One LIST per (kind, namespace) instead of a GET per holder.  The LIST comes
+        # after the Vni LIST, and a holder exists before its Vni, so a live holder is
+        # always in it.
+        groups: Dict[Tuple[Kind, str], List[Tuple[Any, dict]]] = {}
         for a, obj in entries:
-            if a.state != STATE_ALLOCATED:
-                continue
             holder = (obj.get("spec") or {}).get("holder") or {}
-            if not holder.get("uid"):
+            if a.state != STATE_ALLOCATED or not holder.get("uid"):
                 continue
-            if self._holder_gone(holder):
-                if self.store.release(a.key) and self.metrics:
-                    self.metrics.releases.labels("resync").inc()
-                log.info("resync released VNI %d of %s %s/%s", a.vni, holder.get("kind"),
-                         holder.get("namespace"), holder.get("name"))
+            kind = CLAIM if holder.get("kind") == "VniClaim" else \
+                self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
+            if kind is None:  # a generic owner
+                if self._holder_gone(holder):
+                    self._resync_release(a, holder)
+                continue
+            groups.setdefault((kind, holder.get("namespace") or ""), []).append((a, holder))
+        for (kind, ns), items in groups.items():
+            try:
+                live = {(o.get("metadata") or {}).get("uid"): o for o in self.client.list(kind.path(ns))}
+            except KubeError as e:
+                if not e.not_found:  # 404: the resource type is gone (e.g. Volcano removed)
+                    log.warning("resync: cannot list %s in %s: %s", kind.plural, ns, e)
+                    continue
+                live = {}
+            for a, holder in items:
+                o = live.get(holder["uid"])
+                if o is None or (kind != CLAIM and (is_finished(kind, o) or not parse_request(o).asks)):
+                    self._resync_release(a, holder)
         self.store.gc()
         if self.metrics:
             entries = self.store.list_objects()
@@ -848,6 +865,14 @@ class Controller:
                 1 for v in (0, 1, 10) if any(lo <= v <= hi for lo, hi in self.config.ranges))
             in_range = sum(1 for a, _ in entries if any(lo <= a.vni <= hi for lo, hi in self.config.ranges))
             self.metrics.free.set(max(0, size - in_range))
+
+    def _resync_release(self, a: Any, holder: dict) -> None:
+        if self.store.release(a.key) and self.metrics:
+            self.metrics.releases.labels("resync").inc()
+        log.info("resync released VNI %d of %s %s/%s", a.vni, holder.get("kind"),
+                 holder.get("namespace"), holder.get("name"),
+                 extra={"vni": a.vni, "namespace": holder.get("namespace"),
+                        "workload": holder.get("name"), "uid": holder.get("uid"), "cause": "resync"})
 
     def _holder_gone(self, holder: dict) -> bool:
         if holder.get("kind") == "VniClaim":
