@@ -26,8 +26,14 @@ Cursor: derived, not stored.  Every ``Vni`` carries its creation time (wall cloc
     newest object is the last VNI handed out.  The cursor only spreads allocations;
     a stale one costs a few 409s, never a duplicate.
 
+Orphans are judged from one snapshot (a LIST of ``Vni`` objects, then of records) and
+quarantined with a resourceVersion precondition on the version judged; an allocator
+whose two creates took longer than ``orphan_age``/3 confirms its ``Vni`` with the
+version it created, so it and the gc cannot both win.
+
 Requests: acquire of a held key 1 (GET record); a new allocation 3 (GET, create Vni,
-create record) plus one 409 per lost race; release 3.
+create record) plus one 409 per race lost to another handle (threads of one handle do
+not race each other); release 3.
 """
 from __future__ import annotations
 
