@@ -33,11 +33,11 @@ import os
 import random
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from pycxi.vni.kube import (ANNOTATION, API_VERSION, CLAIM_PLURAL, GROUP, LEGACY_ANNOTATION,
                             POD_CONDITION, VERSION, KubeClient, KubeConfig, KubeError)
-from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, VniApiError, format_time
+from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, format_time, parse_time
 from pycxi.vni.lookup import MAX_VNIS_PER_POD, format_stamp
 from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
                              STATE_QUARANTINED, VniError, VniExhausted, format_ranges,
@@ -949,7 +949,6 @@ class Controller:
                     return False
                 raise
         s = lease.get("spec") or {}
-        from pycxi.vni.kstore import parse_time
         renewed = parse_time(s.get("renewTime")) or 0.0
         dur = float(s.get("leaseDurationSeconds") or self.config.lease_duration)
         if s.get("holderIdentity") != me and now < renewed + dur and s.get("holderIdentity"):

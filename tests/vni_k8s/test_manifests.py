@@ -8,7 +8,7 @@ import time
 import pytest
 import yaml
 
-from pycxi.vni.manifests import FILES, OPTIONAL, manifests, read
+from pycxi.vni.manifests import FILES, manifests, read
 
 kv = pytest.importorskip("kubernetes_validate")
 K8S_VERSION = kv.latest_version()  # 1.37 with kubernetes-validate 1.37.x
