@@ -746,6 +746,8 @@ class Controller:
         with self._lock:
             if now - self._events_sent.get(k, -1e9) < 60:
                 return  # one Event per object and reason a minute
+            if len(self._events_sent) > 10000:  # bounded memory: forget old entries
+                self._events_sent = {kk: t for kk, t in self._events_sent.items() if now - t < 60}
             self._events_sent[k] = now
         ts = format_time(time.time())
         try:
