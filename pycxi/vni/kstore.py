@@ -244,7 +244,7 @@ class KubeStore(VniStore):
                 return None
             raise VniApiError(str(e)) from e
         h = (record.get("spec") or {}).get("holderIdentity") or ""
-        return int(h[4:]) if h.startswith("vni-") else None
+        return int(h[4:]) if h.startswith("vni-") and h[4:].isdigit() else None
 
     def list(self) -> List[Allocation]:
         return [a for a, _ in self.list_objects()]
