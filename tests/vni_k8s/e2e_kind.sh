@@ -32,8 +32,22 @@ if [ "$CLUSTER" = kind ]; then
   log "creating kind cluster $NAME"
   kind create cluster --name "$NAME" --wait 120s
   if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-    log "building $IMAGE"
-    docker build -t "$IMAGE" "$(dirname "$0")/../.."
+    log "building $IMAGE (the controller is pure Python; pip builds pycxi's extension too)"
+    df=$(mktemp)
+    cat > "$df" <<'DOCKERFILE'
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+COPY . /src
+RUN pip wheel --no-cache-dir -w /wheels '/src[controller]'
+FROM python:3.11-slim
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 65532:65532
+ENTRYPOINT ["python", "-m", "pycxi.vni.controller"]
+DOCKERFILE
+    docker build -f "$df" -t "$IMAGE" "$(dirname "$0")/../.."
+    rm -f "$df"
   fi
   kind load docker-image "$IMAGE" --name "$NAME"
 fi
