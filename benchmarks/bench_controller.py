@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -128,6 +129,8 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     p.kill()
+                    p.wait()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
