@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc pkg-config iproute2 util-linux procps containernetworking-plugins podman runc
+APT_PACKAGES=(gcc pkg-config openssl iproute2 util-linux procps containernetworking-plugins podman runc
               busybox-static iputils-ping hyperfine)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
