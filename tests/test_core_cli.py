@@ -133,3 +133,16 @@ def test_sim_status_and_reset(sim_root):
 def test_version_names_the_backend():
     rc, out, _ = cli("-V")
     assert rc == 0 and "sim" in out and "set_netns" in out
+
+
+def test_vni_manifests_are_printable_for_pip_users():
+    import yaml
+
+    rc, out, _ = cli("vni", "manifests", "--servicemonitor", "--image", "example.org/pycxi:1")
+    assert rc == 0
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ServiceMonitor"} <= kinds
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/pycxi:1"

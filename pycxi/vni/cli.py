@@ -4,6 +4,8 @@
     pycxi vni release KEY                 release KEY's VNI into quarantine
     pycxi vni get KEY                     print KEY's VNI (exit 1 if it holds none)
     pycxi vni list [--json]               allocated and quarantined VNIs
+    pycxi vni manifests [--servicemonitor] [--image IMG]   the Kubernetes manifests
+    pycxi vni controller [ARGS...]        run the VNI controller (kopf)
 
 Options (before or after the action): ``--db PATH`` (default ``$PYCXI_VNI_DB`` or
 /var/lib/pycxi/vni.db), ``--range FIRST-LAST`` (repeatable or comma-separated; default
@@ -96,6 +98,12 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("key", metavar="KEY")
     p = actions.add_parser("list", parents=[common], help="allocated and quarantined VNIs")
     p.add_argument("--json", action="store_true", help="print a JSON array")
+    p = actions.add_parser("manifests", help="print the Kubernetes manifests (CRDs, RBAC, controller)")
+    p.add_argument("--servicemonitor", action="store_true", help="include the ServiceMonitor")
+    p.add_argument("--image", help="controller image (default: the shipped placeholder)")
+    p = actions.add_parser("controller", help="run the VNI controller (needs pycxi[controller])")
+    p.add_argument("controller_args", nargs=argparse.REMAINDER,
+                   help="arguments of python -m pycxi.vni.controller (see its --help)")
     return vni
 
 
@@ -112,8 +120,21 @@ def run(args: argparse.Namespace) -> int:
     """Carry out a parsed ``pycxi vni`` command; returns the exit status."""
     action = getattr(args, "vni_action", None)
     if action is None:
-        _err("missing action: alloc, release, get or list (see 'pycxi vni --help')")
+        _err("missing action: alloc, release, get, list, manifests or controller "
+             "(see 'pycxi vni --help')")
         return 2
+    if action == "manifests":
+        from pycxi.vni.manifests import manifests
+
+        sys.stdout.write(manifests(args.servicemonitor, image=args.image))
+        return 0
+    if action == "controller":
+        try:
+            from pycxi.vni.controller import main as controller_main
+        except ImportError as e:
+            _err(f"the controller needs kopf and prometheus-client: pip install 'pycxi[controller]' ({e})")
+            return EXIT_ERROR
+        return controller_main(args.controller_args)
     path = getattr(args, "db", None) or os.environ.get(DB_ENV) or DEFAULT_DB
     ranges = getattr(args, "ranges", None)
     quarantine = getattr(args, "quarantine", DEFAULT_QUARANTINE)
