@@ -411,36 +411,31 @@ static int ac_has(const uint32_t *v, unsigned n, uint32_t x)
 /* Insert an entry of a member type; same errnos as the driver. */
 static int ac_insert(struct ac_list *ac, int type, uint32_t val)
 {
+	uint32_t *set;
+	uint8_t *n;
+	unsigned int cap = CXI_SVC_MAX_MEMBERS;
+
 	switch (type) {
 	case CXI_SVC_MEMBER_UID:
-		if (val == AC_INVALID)
-			return -EBADR;
-		if (ac_has(ac->uid, ac->nuid, val))
-			return -EEXIST;
-		if (ac->nuid >= CXI_SVC_MAX_MEMBERS)
-			return -ENOSPC;
-		ac->uid[ac->nuid++] = val;
-		return 0;
+		set = ac->uid, n = &ac->nuid;
+		break;
 	case CXI_SVC_MEMBER_GID:
-		if (val == AC_INVALID)
-			return -EBADR;
-		if (ac_has(ac->gid, ac->ngid, val))
-			return -EEXIST;
-		if (ac->ngid >= CXI_SVC_MAX_MEMBERS)
-			return -ENOSPC;
-		ac->gid[ac->ngid++] = val;
-		return 0;
+		set = ac->gid, n = &ac->ngid;
+		break;
 	case CXI_SVC_MEMBER_NET_NS:
-		if (val == AC_INVALID)
-			return -EBADR;
-		if (ac_has(ac->netns, ac->nnetns, val))
-			return -EEXIST;
-		if (ac->nnetns >= MAX_NETNS)
-			return -ENOSPC;
-		ac->netns[ac->nnetns++] = val;
-		return 0;
+		set = ac->netns, n = &ac->nnetns, cap = MAX_NETNS;
+		break;
+	default:
+		return -EINVAL;
 	}
-	return -EINVAL;
+	if (val == AC_INVALID)
+		return -EBADR;
+	if (ac_has(set, *n, val))
+		return -EEXIST;
+	if (*n >= cap)
+		return -ENOSPC;
+	set[(*n)++] = val;
+	return 0;
 }
 
 /* cxi_ac_entry_list_retrieve_by_user: uid, gid, netns (if any), open. */
