@@ -66,7 +66,7 @@ def py_scaling(counts, cycles):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=100000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="fewer cycles (CI smoke run)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -82,12 +82,15 @@ def main(argv=None):
         for _ in range(args.repeats):   # interleaved, so drift hits both alike
             c_ns.append(c_cycle_ns(exe, args.cycles))
             py_ns.append(py_cycle_ns(args.cycles))
-        c, py = statistics.median(c_ns), statistics.median(py_ns)
+        # the minimum is the figure least disturbed by the rest of the machine; the
+        # medians are reported too
+        c, py = min(c_ns), min(py_ns)
         scaling = py_scaling([0, 50, 100, 200, 250], max(1000, args.cycles // 20))
         result = {"benchmark": "svc_alloc_destroy_cycle", "backend": pycxi.BACKEND,
                   "cycles": args.cycles, "repeats": args.repeats,
                   "c_ns_per_cycle": round(c, 1), "python_ns_per_cycle": round(py, 1),
-                  "python_over_c": round(py / c, 3), "goal": 1.25,
+                  "python_over_c": round(py / c, 3), "goal": 1.25, "estimator": "min of runs",
+                  "median_python_over_c": round(statistics.median(py_ns) / statistics.median(c_ns), 3),
                   "c_runs": [round(x, 1) for x in c_ns], "python_runs": [round(x, 1) for x in py_ns],
                   # 250: the RX-profile table (256 entries) bounds services with VNIs
                   "scaling": scaling}

@@ -9,6 +9,7 @@ import errno as _errno
 from libc.errno cimport EINVAL, ENOSPC
 from libc.stdint cimport uint16_t
 from libc.string cimport memset
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from pycxi.libcxi cimport *
 from pycxi.svc cimport SvcDesc, fail_info_from, rsrc_use_from, desc_from
@@ -32,11 +33,15 @@ def _netns_detail(rc, svc_id):
 
 
 cdef inline unsigned int _svc_id(object svc_id) except? 0:
-    if type(svc_id) is not int and (isinstance(svc_id, bool) or not isinstance(svc_id, int)):
+    cdef int overflow = 0
+    cdef long long v
+    if type(svc_id) is int:   # the common case, without Python-level comparisons
+        v = PyLong_AsLongLongAndOverflow(svc_id, &overflow)
+        if not overflow and 1 <= v <= 0x7FFFFFFF:
+            return <unsigned int>v
+    if isinstance(svc_id, bool) or not isinstance(svc_id, int):
         raise CxiUserError(f"svc_id must be an integer, got {svc_id!r}")
-    if not 1 <= svc_id <= 0x7FFFFFFF:
-        raise CxiUserError(f"svc_id {svc_id} is out of range 1..{0x7FFFFFFF}")
-    return svc_id
+    raise CxiUserError(f"svc_id {svc_id} is out of range 1..{0x7FFFFFFF}")
 
 
 cdef inline int _vni(object vni) except -1:

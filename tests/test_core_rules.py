@@ -551,3 +551,11 @@ def test_member_only_flavour_binds_through_the_descriptor(dev):
     with pytest.raises(CxiLibError) as e:
         dev.set_netns(svc, ino)
     assert err(e) == errno.EOPNOTSUPP
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**31, 2**64, True, "3", 2.0, None])
+def test_svc_ids_are_checked_before_any_c_call(dev, bad):
+    with pytest.raises(CxiUserError):
+        dev.get_svc(bad)
+    with pytest.raises(CxiUserError):
+        dev.destroy_svc(bad)
