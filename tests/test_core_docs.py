@@ -18,3 +18,19 @@ def test_python_examples_run(doc, dev, netns_factory):
         code = block.replace("/run/netns/pod-a", f"/run/netns/{ns}")
         exec(compile(code, doc, "exec"), {})
     assert [d.svc_id for d in dev.svc_list()] == [1]   # the examples clean up after themselves
+
+
+def test_relative_links_in_the_docs_resolve():
+    import glob
+
+    docs = ["README.md", "benchmarks/README.md", "cni/README.md", "patches/README.md",
+            *glob.glob(os.path.join(REPO, "docs", "*.md"))]
+    broken = []
+    for doc in docs:
+        path = os.path.join(REPO, doc)
+        for target in re.findall(r"\]\(([^)#\s]+)", open(path).read()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not os.path.exists(os.path.join(os.path.dirname(path), target)):
+                broken.append(f"{os.path.relpath(path, REPO)} -> {target}")
+    assert not broken, broken
