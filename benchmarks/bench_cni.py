@@ -67,6 +67,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=None)
     ap.add_argument("--devices", type=int, default=1, help="software NICs (services per ADD)")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the pods-on-the-node sweep")
     ap.add_argument("--state-dir", default=None,
                     help="parent of the plugins' dataDir (default: /dev/shm, a tmpfs like the "
                          "/run/cni/cxi default on a node; else the temporary directory)")
@@ -136,6 +137,8 @@ def main(argv=None):
                 print(f"  {n + 1}/{runs} rounds", file=sys.stderr)
         elapsed = time.monotonic() - t0
 
+        scaling = [] if a.no_scaling else pods_sweep(
+            cxi, base_env, conf, [0, 25, 50, 100, 200], 10 if a.quick else 40)
         res = {k: summary(v) for k, v in series.items()}
         floor_p50 = res["python_IS_import_json"]["p50_ms"]
         ratio = res["cxi_ADD"]["p50_ms"] / floor_p50
@@ -148,6 +151,7 @@ def main(argv=None):
             "results": res,
             "cxi_ADD_p50_over_python_json_p50": round(ratio, 3),
             "goal_ratio": GOAL_RATIO, "goal_met": ratio <= GOAL_RATIO,
+            "scaling": scaling,
         }
         if have_tuning:
             out["cxi_ADD_p50_over_tuning_ADD_p50"] = round(res["cxi_ADD"]["p50_ms"] / res["tuning_ADD"]["p50_ms"], 2)
@@ -160,6 +164,46 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def pods_sweep(cxi, base_env, conf, counts, rounds):
+    """ADD/DEL latency of one more pod with N pods' services and records already on the
+    node, each pod in a network namespace of its own (made here and removed again).
+    These pods use no LE limit (LE 0/0): with the default limits a 13.1 NIC holds only
+    15 per-pod services (its LE pools), see docs/cni.md."""
+    pconf = dict(conf, limits={"LE": [0, 0]})
+    tag = f"bcni{os.getpid()}"
+    made, out = [], []
+
+    def pod(i, vni, cmd):
+        if i >= len(made):
+            name = f"{tag}-{i}"
+            subprocess.run(["ip", "netns", "add", name], check=True)
+            made.append(name)
+        env = dict(base_env, CNI_COMMAND=cmd, CNI_CONTAINERID=f"{tag}-{i}",
+                   CNI_NETNS=f"/run/netns/{made[i]}")
+        return timed([cxi], env, json.dumps(dict(pconf, vnis=[vni])).encode())
+
+    try:
+        probe = 0
+        held = 0
+        for n in counts:
+            while held < n:
+                pod(held + 1, 2000 + held, "ADD")   # index 0 is the probe pod
+                held += 1
+            adds, dels = [], []
+            for _ in range(rounds):
+                adds.append(pod(probe, 1500, "ADD"))
+                dels.append(pod(probe, 1500, "DEL"))
+            out.append({"pods": n, "add_p50_ms": round(pct(adds, 0.5) * 1e3, 3),
+                        "del_p50_ms": round(pct(dels, 0.5) * 1e3, 3)})
+            print(f"  {n} pods on the node: ADD p50 {out[-1]['add_p50_ms']} ms", file=sys.stderr)
+        for i in range(1, held + 1):
+            pod(i, 2000 + i - 1, "DEL")
+    finally:
+        for name in made:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return out
 
 
 def _fstype(path):
