@@ -86,6 +86,9 @@ def md_cni(r):
             lines.append(f"| {label} | {res[key]['p50_ms']:.1f} ms | {res[key]['p99_ms']:.1f} ms |")
     lines += ["", f"cxi ADD p50 / interpreter floor p50 = **{r['cxi_ADD_p50_over_python_json_p50']}** "
               f"(goal ≤ {r['goal_ratio']}); cxi ADD / Go tuning ADD = {r['cxi_ADD_p50_over_tuning_ADD_p50']}."]
+    if r.get("scaling"):
+        lines += ["", "ADD / DEL p50 of one more pod with N pods already on the node — " + ", ".join(
+            f"{s['pods']}: {s['add_p50_ms']:.1f} / {s['del_p50_ms']:.1f} ms" for s in r["scaling"]) + "."]
     return lines
 
 
