@@ -66,12 +66,19 @@ def test_daemonset_manifest_schema():
     yaml = pytest.importorskip("yaml")
     with open(os.path.join(CNI, "k8s", "daemonset.yaml")) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
-    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "ClusterRole",
-                                         "ClusterRoleBinding", "DaemonSet"}
+    assert {d["kind"] for d in docs} == {"Namespace", "ServiceAccount", "DaemonSet"}
     for d in docs:
         kv.validate(d, "1.30.0", strict=True)
-    [role] = [d for d in docs if d["kind"] == "ClusterRole"]
+    # its one permission lives in the VNI service's manifests: get pods, bound to this account
+    from pycxi.vni.manifests import manifests
+    [sa] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    vni = [d for d in yaml.safe_load_all(manifests()) if d]
+    [role] = [d for d in vni if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "pycxi-vni-lookup"]
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    [binding] = [d for d in vni if d["kind"] == "ClusterRoleBinding"
+                 and d["roleRef"]["name"] == "pycxi-vni-lookup"]
+    assert {"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+            "namespace": sa["metadata"]["namespace"]} in binding["subjects"]
 
 
 def test_installer_kubeconfig_loads(tmp_path):
