@@ -159,12 +159,17 @@ def _parse_limits(v):
     return out
 
 
-def _parse_local(v):
+def _object(key, v, allowed):
+    """A nested config object: a dict with only ``allowed`` keys (code 7 naming the rest)."""
     if not isinstance(v, dict):
-        raise _bad("localAllocator", f"an object is required, got {v!r}")
-    unknown = sorted(set(v) - _LOCAL_KEYS)
+        raise _bad(key, f"an object is required, got {v!r}")
+    unknown = sorted(set(v) - allowed)
     if unknown:
-        raise CniError(ERR_INVALID_CONFIG, f"unknown key(s) in localAllocator: {', '.join(map(repr, unknown))}")
+        raise CniError(ERR_INVALID_CONFIG, f"unknown key(s) in {key}: {', '.join(map(repr, unknown))}")
+
+
+def _parse_local(v):
+    _object("localAllocator", v, _LOCAL_KEYS)
     path = v.get("path")
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise _bad("localAllocator.path", f"an absolute path is required, got {path!r}")
@@ -187,11 +192,7 @@ def _parse_local(v):
 
 
 def _parse_k8s(v):
-    if not isinstance(v, dict):
-        raise _bad("kubernetes", f"an object is required, got {v!r}")
-    unknown = sorted(set(v) - _K8S_KEYS)
-    if unknown:
-        raise CniError(ERR_INVALID_CONFIG, f"unknown key(s) in kubernetes: {', '.join(map(repr, unknown))}")
+    _object("kubernetes", v, _K8S_KEYS)
     kc = v.get("kubeconfig")
     if kc is not None and (not isinstance(kc, str) or not kc.startswith("/") or "\0" in kc):
         raise _bad("kubernetes.kubeconfig", f"an absolute path is required, got {kc!r}")
