@@ -108,6 +108,7 @@ def _extensions():
                   + ["-Wno-unused-function"])
     exts = [
         Extension("pycxi.svc", ["pycxi/svc.pyx"], **common),
+        Extension("pycxi.libcxi_enums", ["pycxi/libcxi_enums.pyx"], **common),
         Extension("pycxi.device", ["pycxi/device.pyx", *cfg["sources"]], libraries=cfg["libraries"],
                   library_dirs=cfg["library_dirs"], extra_link_args=cfg["extra_link_args"], **common),
     ]

@@ -84,6 +84,14 @@ static inline int pycxi_x_sim_check(unsigned int d, char *m, size_t l)
 /* The ABI value of CXI_SVC_MEMBER_NET_NS, also where the header lacks it. */
 #define PYCXI_SVC_MEMBER_NET_NS 3
 
+/* Member types for pycxi.libcxi_enums: every flavour's values, NET_NS included. */
+enum pycxi_svc_member_type {
+	PYCXI_MEMBER_IGNORE = CXI_SVC_MEMBER_IGNORE,
+	PYCXI_MEMBER_UID = CXI_SVC_MEMBER_UID,
+	PYCXI_MEMBER_GID = CXI_SVC_MEMBER_GID,
+	PYCXI_MEMBER_NET_NS = PYCXI_SVC_MEMBER_NET_NS,
+};
+
 #ifdef PYCXI_HAVE_MEMBER_NETNS
 #define PYCXI_HAVE_MEMBER_NETNS_VALUE 1
 #else
