@@ -28,7 +28,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -39,7 +41,7 @@
 #include "sim.h"
 
 #define SIM_MAGIC 0x3130494358435950ULL /* "PYCXCI01" */
-#define SIM_VERSION 4
+#define SIM_VERSION 5
 
 #define MAX_SVC 1024
 #define MAX_PROF 4096
@@ -108,8 +110,8 @@ struct sim_lni {
 	uint8_t used;
 	uint32_t svc_id;
 	uint32_t nchild;
-	int32_t pid;
-	uint64_t starttime;
+	int32_t pid;			/* for diagnostics only: pid namespaces differ */
+	uint64_t owner;			/* token of the device handle (see owner_alive) */
 	uint64_t serial;
 };
 
@@ -171,12 +173,15 @@ struct simdev {
 	ino_t ino;
 	dev_t fsdev;
 	unsigned int dev_id;
+	char owners[PATH_MAX];		/* <root>/.owners: LNI owner tokens */
 };
 
 struct sim_dev_handle {
 	struct cxil_dev pub;		/* first: libcxi's struct is what callers see */
 	struct simdev *sd;
 	struct sim_lni_handle *lnis;	/* freed on close, like an fd close */
+	int tok_fd;			/* owner token, flocked while the handle lives */
+	uint64_t tok;
 };
 
 struct sim_lni_handle {
@@ -348,53 +353,71 @@ static void get_creds(struct creds *c)
 	c->netns = cur_netns();
 }
 
-static uint64_t proc_starttime(pid_t pid)
+/*
+ * LNI owners.  The kernel frees an LNI when the fd it was allocated through is
+ * closed, by whoever, for whatever reason.  The model gives each device handle
+ * an owner token: a file under <root>/.owners that the handle keeps flock()ed.
+ * The lock goes when the last holder of that open file goes -- a close, an
+ * exit, a SIGKILL -- and a fork()ed child shares it like it shares an fd.
+ * Unlike pids, this works across pid namespaces (containers).
+ */
+static void token_path(char *buf, size_t len, const char *owners, uint64_t tok)
 {
-	char path[64], buf[1024];
-	int fd;
-	ssize_t n;
+	snprintf(buf, len, "%s/%016llx", owners, (unsigned long long)tok);
+}
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+/* Create the handle's token (once, at its first LNI). */
+static int handle_token(struct sim_dev_handle *h)
+{
+	char tmp[PATH_MAX + 64], path[PATH_MAX + 32];
+	uint64_t tok;
+
+	if (h->tok_fd >= 0)
+		return 0;
+	if (getrandom(&tok, sizeof(tok), 0) != sizeof(tok))
+		return -EIO;
+	token_path(path, sizeof(path), h->sd->owners, tok);
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0)
-		return 0;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	/* comm may hold spaces or ')': fields start after the last ')'. */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return 0;
-	p += 2;
-	/* p is at field 3 (state); starttime is field 22 */
-	for (int field = 3; field < 22 && *p; p++)
-		if (*p == ' ')
-			field++;
-	return strtoull(p, NULL, 10);
-}
-
-static pid_t self_pid;
-static uint64_t self_start;
-
-static void self_identity(pid_t *pid, uint64_t *start)
-{
-	pid_t p = getpid();
-
-	if (p != self_pid) {	/* first call, or after fork */
-		self_start = proc_starttime(p);
-		self_pid = p;
+		return -errno;
+	/* locked before it has its name: nobody sees an unlocked token */
+	if (flock(fd, LOCK_EX) || rename(tmp, path)) {
+		int rc = -errno;
+		unlink(tmp);
+		close(fd);
+		return rc;
 	}
-	*pid = self_pid;
-	*start = self_start;
+	h->tok_fd = fd;
+	h->tok = tok;
+	return 0;
 }
 
-static int owner_alive(const struct sim_lni *l)
+static void handle_token_release(struct sim_dev_handle *h)
 {
-	if (kill(l->pid, 0) && errno == ESRCH)
-		return 0;
-	return proc_starttime(l->pid) == l->starttime;
+	char path[PATH_MAX + 32];
+
+	if (h->tok_fd < 0)
+		return;
+	token_path(path, sizeof(path), h->sd->owners, h->tok);
+	unlink(path);
+	close(h->tok_fd);
+	h->tok_fd = -1;
+}
+
+static int owner_alive(const struct simdev *sd, const struct sim_lni *l)
+{
+	char path[PATH_MAX + 32];
+
+	token_path(path, sizeof(path), sd->owners, l->owner);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno != ENOENT;	/* unreadable: assume alive */
+	int alive = flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+	if (!alive)
+		unlink(path);	/* its holders are all gone */
+	close(fd);
+	return alive;
 }
 
 /* ------------------------------------------------------------------ */
@@ -788,8 +811,9 @@ static void lni_free(struct sim_file *f, int idx)
 
 /* Release LNIs of dead processes (of one service, or all with svc_id 0).
  * Each release is committed on its own: it is not part of the caller's op. */
-static void reap_dead(struct sim_file *f, unsigned int svc_id)
+static void reap_dead(struct simdev *sd, unsigned int svc_id)
 {
+	struct sim_file *f = sd->f;
 	struct sim_state *st = &f->st;
 
 	if (f->j.used)
@@ -798,7 +822,7 @@ static void reap_dead(struct sim_file *f, unsigned int svc_id)
 		struct sim_lni *l = &st->lni[i];
 		if (!l->used || (svc_id && l->svc_id != svc_id))
 			continue;
-		if (owner_alive(l))
+		if (owner_alive(sd, l))
 			continue;
 		lni_free(f, i);
 		J(f, &st->reaped_lnis);
@@ -890,6 +914,11 @@ static int create_device_file(unsigned int dev_id)
 
 	if (rc)
 		return rc;
+	/* owner tokens of any user's LNIs (see handle_token): sticky, like /tmp */
+	snprintf(path, sizeof(path), "%s/.owners", root_dir());
+	if (mkdir(path, 01777) && errno != EEXIST)
+		return -errno;
+	chmod(path, 01777);
 	dev_path(path, sizeof(path), dev_id);
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%lx", path, (int)getpid(),
 		 (unsigned long)pthread_self());
@@ -1000,6 +1029,7 @@ static int sim_map(unsigned int dev_id, struct simdev **out)
 	sd->ino = sb.st_ino;
 	sd->fsdev = sb.st_dev;
 	sd->dev_id = dev_id;
+	snprintf(sd->owners, sizeof(sd->owners), "%s/.owners", root_dir());
 	mapped[dev_id] = sd;
 done:
 	pthread_mutex_unlock(&proc_lock);
@@ -1069,6 +1099,7 @@ int cxil_open_device(uint32_t dev_id, struct cxil_dev **dev)
 	if (!h)
 		return -ENOMEM;
 	h->sd = sd;
+	h->tok_fd = -1;
 	fill_devinfo(&h->pub.info, dev_id);
 	*dev = &h->pub;
 	return 0;
@@ -1093,6 +1124,7 @@ void cxil_close_device(struct cxil_dev *dev)
 		next = lh->next;
 		lh->dev = NULL;	/* children may still point here: see destroy */
 	}
+	handle_token_release(h);
 	free(h);
 }
 
@@ -1126,7 +1158,8 @@ void cxil_free_device_list(struct cxil_device_list *dev_list)
 /* ------------------------------------------------------------------ */
 /* Service API */
 
-#define DEV_FILE(dev) (((struct sim_dev_handle *)(dev))->sd->f)
+#define DEV_SD(dev) (((struct sim_dev_handle *)(dev))->sd)
+#define DEV_FILE(dev) (DEV_SD(dev)->f)
 
 /* Common prologue of admin ops: dispatch() checks CAP_SYS_ADMIN. */
 static int admin_begin(struct cxil_dev *dev, struct sim_file **fp)
@@ -1219,10 +1252,10 @@ out:
 }
 
 /* Busy check with dead LNIs released first (the kernel's refcount > 1). */
-static int svc_busy(struct sim_file *f, struct sim_svc *s)
+static int svc_busy(struct cxil_dev *dev, struct sim_svc *s)
 {
 	if (s->nlni)
-		reap_dead(f, s->desc.svc_id);
+		reap_dead(DEV_SD(dev), s->desc.svc_id);
 	return s->nlni ? -EBUSY : 0;
 }
 
@@ -1242,7 +1275,7 @@ int cxil_destroy_svc(struct cxil_dev *dev, unsigned int svc_id)
 		rc = -EINVAL;
 		goto out;
 	}
-	rc = svc_busy(f, s);
+	rc = svc_busy(dev, s);
 	if (rc)
 		goto out;
 	J(f, s);
@@ -1289,7 +1322,7 @@ int cxil_update_svc(struct cxil_dev *dev, const struct cxi_svc_desc *desc,
 		rc = -EINVAL;
 		goto out;
 	}
-	rc = svc_busy(f, s);
+	rc = svc_busy(dev, s);
 	if (rc)
 		goto out;
 	if (desc->resource_limits != s->desc.resource_limits) {
@@ -1460,7 +1493,7 @@ int cxil_svc_enable(struct cxil_dev *dev, unsigned int svc_id, bool enable)
 		rc = -EINVAL;
 		goto out;
 	}
-	rc = svc_busy(f, s);
+	rc = svc_busy(dev, s);
 	if (rc)
 		goto out;
 	J(f, s);
@@ -1491,7 +1524,7 @@ int cxil_set_svc_lpr(struct cxil_dev *dev, unsigned int svc_id,
 		rc = -EINVAL;
 		goto out;
 	}
-	rc = svc_busy(f, s);
+	rc = svc_busy(dev, s);
 	if (rc)
 		goto out;
 	J(f, s);
@@ -1736,7 +1769,7 @@ int cxil_alloc_lni(struct cxil_dev *dev, struct cxil_lni **lni,
 	uint32_t lpr = s->lpr ? s->lpr : 1;
 	int new_rgid = s->nlni % lpr == 0;
 	if (new_rgid && st->rgids_used >= NUM_RGIDS) {
-		reap_dead(f, 0);
+		reap_dead(DEV_SD(dev), 0);
 		if (st->rgids_used >= NUM_RGIDS) {
 			rc = -ENOSPC;
 			goto out;
@@ -1750,6 +1783,10 @@ int cxil_alloc_lni(struct cxil_dev *dev, struct cxil_lni **lni,
 		rc = -ENOSPC;
 		goto out;
 	}
+	struct sim_dev_handle *h = (struct sim_dev_handle *)dev;
+	rc = handle_token(h);
+	if (rc)
+		goto out;
 	struct sim_lni_handle *lh = calloc(1, sizeof(*lh));
 	if (!lh) {
 		rc = -ENOMEM;
@@ -1767,9 +1804,8 @@ int cxil_alloc_lni(struct cxil_dev *dev, struct cxil_lni **lni,
 	l->svc_id = svc_id;
 	l->nchild = 0;
 	l->serial = serial;
-	pid_t pid;
-	self_identity(&pid, &l->starttime);
-	l->pid = pid;
+	l->pid = getpid();
+	l->owner = h->tok;
 	J(f, s);
 	s->nlni++;
 	if (new_rgid) {
@@ -1777,7 +1813,6 @@ int cxil_alloc_lni(struct cxil_dev *dev, struct cxil_lni **lni,
 		J(f, &st->rgids_used);
 		st->rgids_used++;
 	}
-	struct sim_dev_handle *h = (struct sim_dev_handle *)dev;
 	lh->pub.id = i;
 	lh->dev = h;
 	lh->idx = i;
@@ -2095,7 +2130,7 @@ int pycxi_sim_get_status(unsigned int dev_id, struct pycxi_sim_status *out)
 	rc = sim_lock(f);
 	if (rc)
 		return rc;
-	reap_dead(f, 0);
+	reap_dead(sd, 0);
 	struct sim_state *st = &f->st;
 	memset(out, 0, sizeof(*out));
 	for (uint32_t i = 0; i < st->svc_hw; i++) {

@@ -1,6 +1,7 @@
 """Several processes share one software device, like users of one kernel driver:
 parallel callers, processes SIGKILLed mid-call, and a crash injected at every
 journalled write of an operation (PYCXI_SIM_CRASHPOINT)."""
+import errno
 import json
 import os
 import random
@@ -185,3 +186,40 @@ def test_destroy_and_netns_binding_are_atomic(sim_root):
         assert (enabled, ns) in {(True, None), (False, None), (False, 4242)}
     else:
         pytest.fail("bind never completed")
+
+
+def test_lni_of_a_live_process_in_another_pid_namespace_is_kept(sim_root):
+    """LNIs belong to the device handle, like a kernel fd, not to a pid: a container's
+    process (its own pid namespace, where it is pid 1) keeps its LNI until it dies."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("unshare"):
+        pytest.skip("util-linux unshare missing")
+    with pycxi.Device(0) as dev:
+        svc = dev.alloc_svc(SvcDesc(vnis=[600], limits=LIMITS))
+        code = ("import os, sys, pycxi\n"
+                "d = pycxi.Device(0); l = d.alloc_lni(%d)\n"
+                "print(os.getpid(), flush=True); sys.stdin.read()\n" % svc)
+        p = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", code],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "1"       # pid 1 in its namespace
+            with pytest.raises(CxiLibError) as e:
+                dev.destroy_svc(svc)
+            assert e.value.errno == errno.EBUSY
+            assert sim_status()["lnis"] == 1
+        finally:
+            p.kill()          # --kill-child: the namespace's pid 1 gets SIGKILL too
+            p.wait()
+        deadline = time.monotonic() + 10
+        while True:           # its death (and the lock's release) is asynchronous
+            try:
+                dev.destroy_svc(svc)                          # its LNI went with it
+                break
+            except CxiLibError as e:
+                assert e.errno == errno.EBUSY and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert sim_status()["lnis"] == 0
+        sim_check()
