@@ -11,37 +11,10 @@ cdef extern from "libcxi/libcxi.h" nogil:
     int CXI_DEFAULT_SVC_ID
     int C_PID_ANY
 
-    cdef enum cxi_traffic_class:
-        CXI_TC_DEDICATED_ACCESS
-        CXI_TC_LOW_LATENCY
-        CXI_TC_BULK_DATA
-        CXI_TC_BEST_EFFORT
-        CXI_TC_ETH
-        CXI_TC_MAX
-
-    cdef enum cxi_traffic_class_type:
-        CXI_TC_TYPE_DEFAULT
-        CXI_TC_TYPE_HRP
-        CXI_TC_TYPE_RESTRICTED
-        CXI_TC_TYPE_COLL_LEAF
-        CXI_TC_TYPE_MAX
-
-    cdef enum cxi_rsrc_type:
-        CXI_RSRC_TYPE_PTE
-        CXI_RSRC_TYPE_TXQ
-        CXI_RSRC_TYPE_TGQ
-        CXI_RSRC_TYPE_EQ
-        CXI_RSRC_TYPE_CT
-        CXI_RSRC_TYPE_LE
-        CXI_RSRC_TYPE_TLE
-        CXI_RSRC_TYPE_AC
-        CXI_RSRC_TYPE_MAX
-
-    cdef enum cxi_svc_member_type:
-        CXI_SVC_MEMBER_IGNORE
-        CXI_SVC_MEMBER_UID
-        CXI_SVC_MEMBER_GID
-        CXI_SVC_MEMBER_MAX
+    # The enums' members are declared once, for Python, in libcxi_enums.pyx; the C calls
+    # here only need the types.
+    ctypedef int cxi_traffic_class "enum cxi_traffic_class"
+    ctypedef int cxi_traffic_class_type "enum cxi_traffic_class_type"
 
     cdef struct cxi_limits:
         uint16_t max
