@@ -21,7 +21,7 @@ cdef class Lni(CxiObject):
     cdef cxil_lni *lni
     cdef readonly Device device
     cdef readonly unsigned int svc_id
-    cdef object children
+    cdef void *_head              # its open objects: an intrusive list, no weakrefs
     cdef cxil_lni *_live(self) except NULL
 
 
@@ -29,6 +29,10 @@ cdef class LniObject(CxiObject):
     """An object allocated on an LNI; closed before the LNI (``rank`` orders them)."""
     cdef readonly Lni lni
     cdef int rank
+    cdef void *_prev
+    cdef void *_next
+    cdef bint _linked
+    cdef void _unlink(self)
 
 
 cdef class Domain(LniObject):

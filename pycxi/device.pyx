@@ -6,6 +6,8 @@ Every C call is followed by the same check: a negative return becomes
 """
 import errno as _errno
 
+cimport cython
+
 from libc.errno cimport EINVAL, ENOSPC
 from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memset
@@ -381,7 +383,6 @@ cdef class Device(CxiObject):
 
         lni.device = self
         lni.svc_id = svc_id
-        lni.children = weakref.WeakSet()
         if self.lnis is None:
             self.lnis = weakref.WeakSet()
         self.lnis.add(lni)
@@ -421,7 +422,12 @@ cdef class Lni(CxiObject):
 
     cdef int _destroy(self) except -1:
         # children, those others refer to last (PTEs/CQs, then EQs, then MDs)
-        for child in sorted(self.children, key=_rank):
+        cdef list kids = []
+        cdef void *p = self._head
+        while p != NULL:
+            kids.append(<LniObject>p)
+            p = (<LniObject>p)._next
+        for child in sorted(kids, key=_rank):
             child.close()
         cdef int rc = cxil_destroy_lni(self.lni)
         if rc < 0:
@@ -591,12 +597,39 @@ def _rank(LniObject o):
 cdef object _adopt(Lni lni, LniObject child, int rank):
     child.lni = lni
     child.rank = rank
-    lni.children.add(child)
+    child._next = lni._head
+    if lni._head != NULL:
+        (<LniObject>lni._head)._prev = <void *>child
+    lni._head = <void *>child
+    child._linked = True
     return child
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class LniObject(CxiObject):
     """An object allocated on an :class:`Lni` (created by its ``alloc_*``/``map``)."""
+
+    def __dealloc__(self):
+        self._unlink()
+
+    cdef void _unlink(self):
+        # borrowed pointers: an object leaves its LNI's list when closed or freed
+        if not self._linked:
+            return
+        self._linked = False
+        if self._prev != NULL:
+            (<LniObject>self._prev)._next = self._next
+        elif self.lni is not None:
+            self.lni._head = self._next
+        if self._next != NULL:
+            (<LniObject>self._next)._prev = self._prev
+        self._prev = self._next = NULL
+
+    def close(self):
+        """Release the object (``cxil_destroy_*``/``cxil_unmap``); a second call does nothing."""
+        if not self._is_closed():
+            self._destroy()
+            self._unlink()
 
     def __init__(self):
         raise TypeError(f"use the Lni's methods to allocate a {type(self).__name__}")
@@ -605,6 +638,7 @@ cdef class LniObject(CxiObject):
         return f"<pycxi.{type(self).__name__}{' closed' if self._is_closed() else ''}>"
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Domain(LniObject):
     """A domain (VNI, PID) allocated on an LNI."""
 
@@ -635,6 +669,7 @@ cdef class Domain(LniObject):
         return self.dom.pid if self.dom != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Cp(LniObject):
     """A communication profile allocated on an LNI (``lcid`` is what a TXQ names)."""
 
@@ -665,6 +700,7 @@ cdef class Cp(LniObject):
         return self.cp.lcid if self.cp != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Md(LniObject):
     """A memory descriptor (``cxil_map``); :meth:`close` is ``cxil_unmap``.  Its AC stays
     charged to the service until the LNI is destroyed, as on the hardware."""
@@ -707,6 +743,7 @@ cdef class Md(LniObject):
         return self.md.lac if self.md != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Eq(LniObject):
     """An event queue (``cxil_alloc_evtq``); ``EBUSY`` on close while a PTE or CQ uses it."""
 
@@ -733,6 +770,7 @@ cdef class Eq(LniObject):
         return self.eq.eqn if self.eq != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Pte(LniObject):
     """A portal table entry (``cxil_alloc_pte``)."""
 
@@ -759,6 +797,7 @@ cdef class Pte(LniObject):
         return self.pte.ptn if self.pte != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Cq(LniObject):
     """A command queue (``cxil_alloc_cmdq``): a TXQ if ``transmit``, else a TGQ."""
 
@@ -785,6 +824,7 @@ cdef class Cq(LniObject):
         return self.cq.size if self.cq != NULL else None
 
 
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
 cdef class Ct(LniObject):
     """A counting event (``cxil_alloc_ct``)."""
 
