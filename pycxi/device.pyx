@@ -53,6 +53,23 @@ cdef inline int _vni(object vni) except -1:
     return vni
 
 
+# the order reserve_rsrcs checks the types in; the first reservation larger than what
+# is left is the one refused (later types are not looked at: rsrc_avail stays 0)
+_RESERVE_ORDER = ("PTE", "TXQ", "TGQ", "EQ", "CT", "LE", "AC")
+
+
+def _short_of(desc, info):
+    """Name the reservation an ENOSPC from cxil_alloc_svc refused, if it was one."""
+    if not desc.resource_limits or info.no_le_pools or info.no_tle_pools:
+        return ""
+    lim = desc.limits
+    for name in _RESERVE_ORDER:
+        mx, res = lim[name]
+        if (mx or res) and res > info.rsrc_avail[name]:
+            return f"{name} reservation {res} > {info.rsrc_avail[name]} unreserved"
+    return ""
+
+
 class DevInfo:
     """``struct cxil_devinfo``: identity and resource totals of a device."""
 
@@ -189,7 +206,10 @@ cdef class Device(CxiObject):
         self._svc_call_check()
         rc = cxil_alloc_svc(self.dev, &desc.desc, &fi)
         if rc < 0:
-            raise from_rc(rc, "cxil_alloc_svc", fail_info_from(&fi) if rc == -ENOSPC else None)
+            if rc != -ENOSPC:
+                raise from_rc(rc, "cxil_alloc_svc")
+            info = fail_info_from(&fi)
+            raise from_rc(rc, "cxil_alloc_svc", info, detail=_short_of(desc, info))
         return rc
 
     def destroy_svc(self, svc_id):
