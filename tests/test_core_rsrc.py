@@ -410,3 +410,23 @@ def test_a_max_reaching_into_reservations_defeats_them(sim_root):
             assert e.value.errno == errno.ENOSPC
         hog.close()
         sim_check()
+
+
+def test_the_cli_shows_the_real_counts(dev):
+    from coreutil import pycxi_cli
+    import json
+
+    svc_id = svc(dev, AC=2, EQ=3, CT=3)
+    with dev.alloc_lni(svc_id) as lni:
+        md = lni.map(mmap.mmap(-1, PAGE))
+        held = [lni.alloc_evtq(md), lni.alloc_evtq(md), lni.alloc_ct()]
+        res = pycxi_cli("svc", "rsrc", str(svc_id), "--json")
+        assert res.returncode == 0, res.stdout
+        [row] = json.loads(res.stdout)
+        assert row["in_use"]["EQ"] == 2 and row["in_use"]["CT"] == 1 and row["in_use"]["AC"] == 1
+        res = pycxi_cli("svc", "rsrc")
+        assert res.returncode == 0 and any(
+            line.split()[:1] == [str(svc_id)] and line.split()[5] == "2"
+            for line in res.stdout.splitlines()), res.stdout
+        assert len(held) == 3
+    dev.destroy_svc(svc_id)
