@@ -546,8 +546,8 @@ cdef class Lni(CxiObject):
         cdef cxil_lni *lni = self._live()
         cdef cxi_pt_alloc_opts opts
         memset(&opts, 0, sizeof(opts))
-        opts.is_matching = bool(is_matching)
-        opts.ethernet = bool(ethernet)
+        opts.is_matching = 1 if is_matching else 0
+        opts.ethernet = 1 if ethernet else 0
         cdef int rc = cxil_alloc_pte(lni, _eq_ptr(eq), &opts, &p.pte)
         if rc < 0:
             p.pte = NULL
@@ -574,7 +574,7 @@ cdef class Lni(CxiObject):
             q.cq = NULL
             raise from_rc(rc, "cxil_alloc_cmdq", detail=("TXQ" if opts.flags & CXI_CQ_IS_TX else "TGQ") + f", svc_id {self.svc_id}")
         q.eq = eq
-        q.transmit = bool(opts.flags & CXI_CQ_IS_TX)
+        q.transmit = (opts.flags & CXI_CQ_IS_TX) != 0
         return _adopt(self, q, 1)
 
     def alloc_ct(self):
@@ -595,6 +595,12 @@ cdef uint32_t _MAP_DEFAULT = CXI_MAP_PIN | CXI_MAP_READ | CXI_MAP_WRITE
 
 
 cdef inline uint32_t _u32(object v, str what) except? 0xFFFFFFFF:
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is int:   # the common case, without Python-level comparisons
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow and 0 <= x < 0xFFFFFFFF:
+            return <uint32_t>x
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U32_MAX:
         raise CxiUserError(f"{what}: expected an integer 0..{_U32_MAX}, got {v!r}")
     if v == _U32_MAX:
@@ -659,6 +665,8 @@ cdef class LniObject(CxiObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Domain(LniObject):
     """A domain (VNI, PID) allocated on an LNI."""
 
@@ -690,6 +698,8 @@ cdef class Domain(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Cp(LniObject):
     """A communication profile allocated on an LNI (``lcid`` is what a TXQ names)."""
 
@@ -721,6 +731,8 @@ cdef class Cp(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Md(LniObject):
     """A memory descriptor (``cxil_map``); :meth:`close` is ``cxil_unmap``.  Its AC stays
     charged to the service until the LNI is destroyed, as on the hardware."""
@@ -764,6 +776,8 @@ cdef class Md(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Eq(LniObject):
     """An event queue (``cxil_alloc_evtq``); ``EBUSY`` on close while a PTE or CQ uses it."""
 
@@ -791,6 +805,8 @@ cdef class Eq(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Pte(LniObject):
     """A portal table entry (``cxil_alloc_pte``)."""
 
@@ -818,6 +834,8 @@ cdef class Pte(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Cq(LniObject):
     """A command queue (``cxil_alloc_cmdq``): a TXQ if ``transmit``, else a TGQ."""
 
@@ -845,6 +863,8 @@ cdef class Cq(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
 cdef class Ct(LniObject):
     """A counting event (``cxil_alloc_ct``)."""
 
