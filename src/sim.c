@@ -1474,10 +1474,13 @@ int cxil_get_svc_rsrc_use(struct cxil_dev *dev, unsigned int svc_id,
 	if (rc)
 		return rc;
 	struct sim_svc *s = svc_get(&f->st, svc_id);
-	if (!s)
+	if (!s) {
 		rc = -EINVAL;
-	else
+	} else {
+		if (s->nlni)	/* a dead process's objects went with its fd */
+			reap_dead(DEV_SD(dev), svc_id);
 		fill_rsrc_use(&f->st, s, rsrcs);
+	}
 	return sim_unlock(f, rc);
 }
 
@@ -1493,6 +1496,7 @@ int cxil_get_svc_rsrc_list(struct cxil_dev *dev,
 	rc = user_begin(dev, &f);
 	if (rc)
 		return rc;
+	reap_dead(DEV_SD(dev), 0);
 	unsigned int n = svc_order(&f->st, ids);
 	struct cxil_svc_rsrc_list *l = malloc(sizeof(*l) + n * sizeof(struct cxi_rsrc_use));
 	if (!l) {
@@ -2417,6 +2421,20 @@ static int obj_begin(struct sim_lni_handle *lh, struct sim_file **fp)
 	return 0;
 }
 
+/*
+ * Out of room: LNIs of dead processes may still hold objects (the kernel would
+ * have freed them when their fd closed).  Undo this call's writes, release
+ * those LNIs, and say whether trying again can help.
+ */
+static int reap_retry(struct sim_file *f, struct sim_lni_handle *lh)
+{
+	uint32_t before = f->st.reaped_lnis;
+
+	jrollback(f);
+	reap_dead(lh->dev->sd, 0);
+	return f->st.reaped_lnis != before;
+}
+
 /* The state record behind a handle of the same device, or -1 (the
  * ucxi layer's -EINVAL for a handle that is not the client's). */
 static int obj_of(struct sim_file *f, struct sim_lni_handle *lh,
@@ -2530,6 +2548,8 @@ int cxil_map(struct cxil_lni *lni, void *va, size_t len, uint32_t flags,
 	int rc = obj_begin(lh, &f);
 	if (rc)
 		return rc;
+again:
+	rc = 0;
 	struct sim_rsrc *r = &f->st.rsrc;
 	uint32_t key = flags & ~(uint32_t)ATU_FLAGS_IGNORED;
 	int ac = -1;
@@ -2584,6 +2604,8 @@ int cxil_map(struct cxil_lni *lni, void *va, size_t len, uint32_t flags,
 	h->pub.md.id = (unsigned)i + 1;
 	*md = &h->pub.md;
 out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
 	return sim_unlock(f, rc);
 }
 
@@ -2630,6 +2652,8 @@ int cxil_alloc_evtq(struct cxil_lni *lni, const struct cxi_md *md,
 	int rc = obj_begin(lh, &f);
 	if (rc)
 		return rc;
+again:
+	rc = 0;
 	int mdi = -1;
 	if (!passthrough) {
 		mdi = obj_of(f, lh, OBJ_HANDLE(md), OBJ_MD);
@@ -2652,6 +2676,8 @@ int cxil_alloc_evtq(struct cxil_lni *lni, const struct cxi_md *md,
 	h->pub.eq.eqn = (unsigned)i + 1;
 	*evtq = &h->pub.eq;
 out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
 	return sim_unlock(f, rc);
 }
 
@@ -2682,6 +2708,8 @@ int cxil_alloc_pte(struct cxil_lni *lni, struct cxi_eq *evtq,
 	int rc = obj_begin(lh, &f);
 	if (rc)
 		return rc;
+again:
+	rc = 0;
 	int eq = eq_arg(f, lh, evtq);
 	if (eq < -1) {
 		rc = eq;
@@ -2704,6 +2732,8 @@ int cxil_alloc_pte(struct cxil_lni *lni, struct cxi_eq *evtq,
 	h->pub.pte.ptn = (unsigned)i + 1;
 	*pte = &h->pub.pte;
 out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
 	return sim_unlock(f, rc);
 }
 
@@ -2739,6 +2769,8 @@ int cxil_alloc_cmdq(struct cxil_lni *lni, struct cxi_eq *evtq,
 	int rc = obj_begin(lh, &f);
 	if (rc)
 		return rc;
+again:
+	rc = 0;
 	int eq = eq_arg(f, lh, evtq);	/* ucxi looks the EQ up first */
 	if (eq < -1) {
 		rc = eq;
@@ -2781,6 +2813,8 @@ int cxil_alloc_cmdq(struct cxil_lni *lni, struct cxi_eq *evtq,
 	h->pub.cq.idx = (unsigned)i;
 	*cmdq = &h->pub.cq;
 out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
 	return sim_unlock(f, rc);
 }
 
@@ -2805,6 +2839,8 @@ int cxil_alloc_ct(struct cxil_lni *lni, struct c_ct_writeback *wb,
 	int rc = obj_begin(lh, &f);
 	if (rc)
 		return rc;
+again:
+	rc = 0;
 	int i = obj_new(f, lh, OBJ_CT, -1, 0);
 	if (i < 0) {
 		rc = i;
@@ -2819,6 +2855,8 @@ int cxil_alloc_ct(struct cxil_lni *lni, struct c_ct_writeback *wb,
 	h->pub.ct.wb = wb;
 	*ct = &h->pub.ct;
 out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
 	return sim_unlock(f, rc);
 }
 

@@ -299,9 +299,41 @@ def test_sigkilled_process_objects_go_with_its_lni(sim_root):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(r)
-    assert sim_status()["reaped_lnis"] >= 1      # the reaper ran (and released the LNI)
-    with pycxi.Device(0) as d:
+    with pycxi.Device(0) as d:                   # reading the counts releases dead LNIs
         assert set(use(d, svc_id).values()) == {0}
+        d.destroy_svc(svc_id)
+    assert sim_status()["reaped_lnis"] == 1
+    sim_check()
+
+
+def test_a_dead_process_quota_is_free_for_the_next_one(sim_root):
+    """A pod's process SIGKILLed while holding its service's whole CT quota: the next process
+    of that service gets the CTs without anyone else cleaning up (the kernel frees on fd close)."""
+    with pycxi.Device(0) as d:
+        svc_id = svc(d, CT=3)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            d = pycxi.Device(0)
+            lni = d.alloc_lni(svc_id)
+            held = [lni.alloc_ct() for _ in range(3)]
+            os.write(w, b"%d" % len(held))
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"3"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+    with pycxi.Device(0) as d:
+        with d.alloc_lni(svc_id) as lni:
+            cts = [lni.alloc_ct() for _ in range(3)]
+            assert len(cts) == 3
         d.destroy_svc(svc_id)
     sim_check()
 
