@@ -462,3 +462,85 @@ def test_the_cli_shows_the_real_counts(dev):
             for line in res.stdout.splitlines()), res.stdout
         assert len(held) == 3
     dev.destroy_svc(svc_id)
+
+
+C_PROBE = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include "libcxi/libcxi.h"
+#define CHECK(e, want) do { int _r = (e); if (_r != (want)) { \
+	printf("%s = %d, want %d\n", #e, _r, (want)); return 1; } } while (0)
+int main(int argc, char **argv)
+{
+	struct cxil_dev *dev; struct cxil_lni *lni; struct cxi_md *md; struct cxi_eq *eq;
+	struct cxil_pte *pte; struct cxi_cq *cq; struct cxi_ct *ct; struct cxi_cp *cp;
+	struct cxi_pt_alloc_opts popts = { 0 };
+	struct cxi_cq_alloc_opts copts = { .count = 100000 };
+	void *buf = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct cxi_eq_attr attr = { .queue = buf, .queue_len = 4096 };
+	CHECK(cxil_open_device(0, &dev), 0);
+	CHECK(cxil_alloc_lni(dev, &lni, atoi(argv[1])), 0);
+	CHECK(cxil_map(NULL, buf, 4096, CXI_MAP_PIN, NULL, &md), -EINVAL);
+	CHECK(cxil_map(lni, buf, 0, CXI_MAP_PIN, NULL, &md), -EINVAL);
+	CHECK(cxil_map(lni, buf, 4096, CXI_MAP_PIN | CXI_MAP_FAULT, NULL, &md), -EINVAL);
+	CHECK(cxil_map(lni, buf, 4096, CXI_MAP_PIN | CXI_MAP_READ, NULL, &md), 0);
+	CHECK(cxil_alloc_evtq(lni, NULL, &attr, NULL, NULL, &eq), -EINVAL);
+	attr.queue = (char *)buf + 4096;	/* outside the MD */
+	CHECK(cxil_alloc_evtq(lni, md, &attr, NULL, NULL, &eq), -EINVAL);
+	attr.queue = (char *)buf + 8;		/* not page aligned */
+	CHECK(cxil_alloc_evtq(lni, md, &attr, NULL, NULL, &eq), -EINVAL);
+	attr.queue = buf;
+	CHECK(cxil_alloc_evtq(lni, md, &attr, NULL, NULL, &eq), 0);
+	CHECK(cxil_alloc_pte(lni, eq, NULL, &pte), -EINVAL);
+	CHECK(cxil_alloc_pte(lni, eq, &popts, &pte), 0);
+	CHECK(cxil_alloc_cmdq(lni, NULL, &copts, &cq), -E2BIG);
+	copts.count = 1024;
+	copts.flags = CXI_CQ_IS_TX;		/* no CP on this LNI */
+	CHECK(cxil_alloc_cmdq(lni, NULL, &copts, &cq), -EINVAL);
+	copts.flags = 0;
+	copts.lpe_cdt_thresh_id = 4;
+	CHECK(cxil_alloc_cmdq(lni, NULL, &copts, &cq), -EINVAL);
+	copts.lpe_cdt_thresh_id = 0;
+	CHECK(cxil_alloc_cmdq(lni, eq, &copts, &cq), 0);
+	CHECK(cxil_alloc_ct(lni, (struct c_ct_writeback *)((char *)buf + 4), &ct), -EINVAL);
+	CHECK(cxil_alloc_ct(lni, NULL, &ct), 0);
+	CHECK(cxil_alloc_trig_cp(lni, 8, CXI_TC_BEST_EFFORT, CXI_TC_TYPE_DEFAULT, TRIG_LCID, &cp), 0);
+	CHECK((int)cp->lcid, 0);
+	CHECK(cxil_destroy_lni(lni), -EBUSY);	/* objects still open */
+	CHECK(cxil_destroy_evtq(eq), -EBUSY);	/* the PTE and CQ use it */
+	CHECK(cxil_unmap(md), -EBUSY);		/* the EQ uses it */
+	CHECK(cxil_destroy_pte(pte), 0);
+	CHECK(cxil_destroy_cmdq(cq), 0);
+	CHECK(cxil_destroy_evtq(eq), 0);
+	CHECK(cxil_unmap(md), 0);
+	CHECK(cxil_destroy_ct(ct), 0);
+	CHECK(cxil_destroy_cp(cp), 0);
+	CHECK(cxil_destroy_lni(lni), 0);
+	cxil_close_device(dev);
+	return 0;
+}
+"""
+
+
+def test_the_c_entry_points_and_their_errnos(dev, tmp_path):
+    """The device's libcxi functions as C callers (and later the uapi front) see them."""
+    import shutil
+    import subprocess
+
+    from coreutil import REPO
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    (tmp_path / "probe.c").write_text(C_PROBE)
+    exe = str(tmp_path / "probe")
+    subprocess.run([cc, "-O1", "-I", os.path.join(REPO, "include"), "-I", os.path.join(REPO, "src"),
+                    str(tmp_path / "probe.c"), os.path.join(REPO, "src", "sim.c"), "-o", exe,
+                    "-pthread"], check=True)
+    svc_id = svc(dev, AC=2, EQ=2, PTE=2, TGQ=2, CT=2)
+    p = subprocess.run([exe, str(svc_id)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert set(use(dev, svc_id).values()) == {0}
+    sim_check()
+    dev.destroy_svc(svc_id)
