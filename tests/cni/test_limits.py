@@ -55,7 +55,9 @@ for k in kinds:
             why[k] = errno.errorcode[e.errno]
             break
     got[k] = n
-print(json.dumps({"got": got, "why": why, "in_use": dev.svc_rsrc_use(svc_id).in_use}))
+print(json.dumps({"got": got, "why": why, "in_use": dev.svc_rsrc_use(svc_id).in_use}), flush=True)
+if sys.argv[5:] == ["hold"]:                # keep the objects until killed
+    sys.stdin.read()
 """ % {"uid": NOBODY}
 
 
@@ -153,3 +155,39 @@ def test_pods_per_nic_with_reservations_all_reach_them_at_once(cni_env, netns):
     for i in range(9):
         assert plugin_call(cni_env, "DEL", dict(conf, vnis=[3200 + i]), cid=f"lim{i}")[0] == 0
     run([PY, "-c", "from pycxi.device import sim_check; sim_check()"], check=True)
+
+
+def test_with_the_default_limits_one_pod_can_take_a_whole_type(cni_env, netns):
+    """The hostile neighbour docs/cni.md warns about: the default limits reserve nothing and cap
+    each type at the device total, so one pod's process can take every TGQ of the NIC and the
+    next pod gets none.  (Sites that need a floor set res = max.)"""
+    conf = dict(cxi_conf(cni_env, devices=["cxi0"], logLevel="warning"), cniVersion="1.0.0",
+                name="dflt", prevResult=PREV)
+    pods = []
+    for i in range(2):
+        pod, rc, out = add_pod(cni_env, netns, dict(conf, vnis=[3300 + i]), i)
+        assert rc == 0, out
+        pods.append(pod)
+    hog_svc = svc_of(os.stat(netns.path(pods[0])).st_ino)
+    victim_svc = svc_of(os.stat(netns.path(pods[1])).st_ino)
+    go_r, go_w = os.pipe()
+    hog = subprocess.Popen(pod_cmd(pods[0], hog_svc, 3300, ["TGQ"], str(go_r)) + ["hold"],
+                           pass_fds=(go_r,), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        os.write(go_w, b"x")
+        line = hog.stdout.readline()
+        assert line, hog.stderr.read()
+        assert json.loads(line)["got"] == {"TGQ": 512}
+        p = run(pod_cmd(pods[1], victim_svc, 3301, ["TGQ"]))
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["got"] == {"TGQ": 0}
+    finally:
+        hog.kill()
+        hog.wait()
+        os.close(go_r)
+        os.close(go_w)
+    p = run(pod_cmd(pods[1], victim_svc, 3301, ["TGQ"]))     # the hog's death freed them
+    assert json.loads(p.stdout)["got"] == {"TGQ": 512}, p.stdout + p.stderr
+    for i in range(2):
+        assert plugin_call(cni_env, "DEL", dict(conf, vnis=[3300 + i]), cid=f"lim{i}")[0] == 0
