@@ -65,3 +65,10 @@ def test_device_totals_are_the_devices(dev):
     assert DEVICE_TOTALS == {"PTE": i.num_ptes, "TXQ": i.num_txqs, "TGQ": i.num_tgqs,
                              "EQ": i.num_eqs, "CT": i.num_cts, "LE": i.num_les,
                              "TLE": i.num_tles, "AC": i.num_acs}
+
+
+def test_object_flags_are_the_headers():
+    assert E.cxi_trig_cp.TRIG_LCID == 0 and E.cxi_trig_cp.ANY_LCID == 2
+    assert E.cxi_map_flags.CXI_MAP_PIN == 1 and E.cxi_map_flags.CXI_MAP_PREFETCH == 1 << 12
+    assert E.cxi_cq_flags.CXI_CQ_IS_TX == 2 and E.cxi_eq_flags.CXI_EQ_PASSTHROUGH == 2
+    assert E.cxi_eq_flags.CXI_EQ_REGISTER_PCT == 1 << 7
