@@ -341,12 +341,14 @@ def test_a_dead_process_quota_is_free_for_the_next_one(sim_root):
 def test_a_crash_inside_an_allocation_is_rolled_back(sim_root):
     with pycxi.Device(0) as d:
         svc_id = svc(d, AC=(2, 1), EQ=(2, 1))
-    for n in range(1, 60):
+    inside = 0
+    for n in range(1, 200):
         def child():
+            os.environ["PYCXI_SIM_CRASHPOINT"] = str(n)   # counts from the first call
             d = pycxi.Device(0)
             lni = d.alloc_lni(svc_id)
             md = lni.map(mmap.mmap(-1, PAGE))
-            os.environ["PYCXI_SIM_CRASHPOINT"] = str(n)   # read at the next lock
+            print("setup done", flush=True)
             lni.alloc_evtq(md)
             return 0
         res = run_forked(child)
@@ -355,8 +357,11 @@ def test_a_crash_inside_an_allocation_is_rolled_back(sim_root):
             assert set(use(d, svc_id).values()) == {0}, n
         if res.returncode == 0:
             break
+        assert res.returncode == -signal.SIGKILL, res.stdout
+        inside += "setup done" in res.stdout
     else:
         raise AssertionError("alloc_evtq never completed")
+    assert inside >= 3        # crashed at several writes of alloc_evtq itself
     with pycxi.Device(0) as d:
         d.destroy_svc(svc_id)
 
@@ -544,3 +549,38 @@ def test_the_c_entry_points_and_their_errnos(dev, tmp_path):
     assert set(use(dev, svc_id).values()) == {0}
     sim_check()
     dev.destroy_svc(svc_id)
+
+
+def test_a_crash_while_an_lni_releases_its_objects(sim_root):
+    """Destroying an LNI frees every object on it in one operation: a crash at any of its
+    writes leaves the accounting whole (rolled back, then the dead LNI is released)."""
+    with pycxi.Device(0) as d:
+        svc_id = svc(d, AC=(3, 1), EQ=(3, 1), PTE=(3, 1), TGQ=(3, 1), CT=(3, 1))
+    inside = 0
+    for n in range(1, 400):
+        def child():
+            os.environ["PYCXI_SIM_CRASHPOINT"] = str(n)   # counts from the first call
+            d = pycxi.Device(0)
+            lni = d.alloc_lni(svc_id)
+            md = lni.map(mmap.mmap(-1, PAGE))
+            eq = lni.alloc_evtq(md)
+            lni.alloc_pte(eq)
+            lni.alloc_cmdq(eq)
+            lni.alloc_ct().close()
+            lni.map(mmap.mmap(-1, PAGE), flags=PIN_RW | NOCACHE).close()
+            print("setup done", flush=True)
+            lni.close()
+            return 0
+        res = run_forked(child)
+        with pycxi.Device(0) as d:
+            assert set(use(d, svc_id).values()) == {0}, (n, res.stdout)
+        sim_check()
+        if res.returncode == 0:
+            break
+        assert res.returncode == -signal.SIGKILL, res.stdout
+        inside += "setup done" in res.stdout
+    else:
+        raise AssertionError("the LNI's release never completed")
+    assert inside >= 10       # crashed at many writes of the release itself
+    with pycxi.Device(0) as d:
+        d.destroy_svc(svc_id)
