@@ -6,9 +6,8 @@ CXI device (``pycxi.BACKEND`` says which).  The extension is loaded lazily, so
 """
 from __future__ import annotations
 
+from pycxi._version import __version__
 from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
-
-__version__ = "0.1.0"
 
 # name -> submodule; resolved on first access (PEP 562)
 _LAZY = {
