@@ -41,13 +41,9 @@ def _env(**extra):
     return env
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory):
-    """(sdist path, wheel path), built once from a copy of the tracked tree."""
-    top = tmp_path_factory.mktemp("pkg")
-    src, out = top / "src", top / "dist"
-    # A copy of the files git tracks or would track (new, not ignored): no build/, .venv
-    # or generated .c can leak into the sdist.
+def copy_tree(src):
+    """A copy of the files git tracks or would track (new, not ignored): no build/, .venv
+    or generated .c can leak into what is built from it."""
     files = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
                             "--exclude-standard"], capture_output=True,
                            check=True).stdout.decode().split("\0")
@@ -55,6 +51,14 @@ def dist(tmp_path_factory):
         if os.path.isfile(os.path.join(REPO, rel)):
             os.makedirs(src / os.path.dirname(rel), exist_ok=True)
             shutil.copy2(os.path.join(REPO, rel), src / rel)
+    return src
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    """(sdist path, wheel path), built once from a copy of the tree."""
+    top = tmp_path_factory.mktemp("pkg")
+    src, out = copy_tree(top / "src"), top / "dist"
     r = subprocess.run([PY, "-m", "build", "--no-isolation", "-o", str(out), str(src)],
                        capture_output=True, text=True, env=_env(), cwd=top)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -173,3 +177,22 @@ def test_sdist_installs_in_a_fresh_venv(dist, tmp_path):
                        cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     _smoke(py, tmp_path)
+
+
+def test_libcxi_backend_fails_rather_than_falls_back(tmp_path):
+    """What the node image relies on: PYCXI_BACKEND=libcxi on a machine without libcxi makes
+    no wheel at all (never one on the software device); the sdist, which compiles nothing,
+    still builds."""
+    src = copy_tree(tmp_path / "src")
+    env = _env(PYCXI_BACKEND="libcxi", PKG_CONFIG_PATH=str(tmp_path / "none"))
+    r = subprocess.run([PY, "-m", "pip", "wheel", "-q", "--no-index", "--no-deps",
+                        "--no-build-isolation", "-w", str(tmp_path / "out"), str(src)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "PYCXI_BACKEND=libcxi but no libcxi was found" in r.stdout + r.stderr
+    assert not list((tmp_path / "out").glob("*.whl"))  # (no dir at all is fine too)
+    r = subprocess.run([PY, "-m", "build", "--sdist", "--no-isolation", "-o",
+                        str(tmp_path / "sd"), str(src)], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "sd").glob("pycxi-*.tar.gz"))) == 1
