@@ -131,10 +131,14 @@ def test_node_image_is_what_the_daemonset_runs():
         assert prog in copied or prog.startswith(("/bin/", "/usr/bin/", "/opt/pycxi/")), prog
     else:
         assert "/opt/pycxi/venv/bin" in _env_path(final) and prog in from_path, prog
-    # a script the entry point runs is one the image carries
-    for word in entry[1:] + args:
+    # a script the entry point runs is one the image carries; a module it runs exists
+    words = list(entry[1:]) + list(args)
+    for i, word in enumerate(words):
         if word.endswith(".sh"):
             assert word in copied, f"{word}: not copied into the node image"
+        if word == "-m":
+            mod = os.path.join(REPO, *words[i + 1].split("."))
+            assert os.path.exists(mod + ".py") or os.path.exists(os.path.join(mod, "__main__.py"))
     # the prefix install.sh copies to the node and the launcher's interpreter are the image's
     install = open(os.path.join(REPO, "cni", "k8s", "install.sh")).read()
     assert "/opt/pycxi/venv/bin/python" in install and "cp -a /opt/pycxi/." in install
@@ -143,7 +147,8 @@ def test_node_image_is_what_the_daemonset_runs():
     assert "-m venv /opt/pycxi/venv" in text and "--prefix=/opt/pycxi/python" in text
     # the DaemonSet mounts the node's /opt where install.sh writes /host/opt/pycxi
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert any("/host/opt/pycxi".startswith(m.rstrip("/") + "/") for m in mounts), mounts
+    assert any("/host/opt/pycxi" == m.rstrip("/") or "/host/opt/pycxi".startswith(m.rstrip("/") + "/")
+               for m in mounts), mounts
 
 
 def test_node_image_builds_against_libcxi_only():
