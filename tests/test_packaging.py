@@ -77,7 +77,8 @@ def test_sdist_has_the_sources_the_extension_needs(dist):
                  "pycxi/libcxi.pxd", "pycxi/compat.h", "pycxi/device.pyi", "pycxi/py.typed",
                  "src/sim.c", "src/sim.h", "include/libcxi/libcxi.h",
                  "include/uapi/misc/cxi.h", "include/uapi/ethernet/cxi-abi.h",
-                 "pycxi/vni/manifests/crds.yaml", "cni/k8s/Containerfile"):
+                 "pycxi/vni/manifests/crds.yaml", "cni/k8s/Containerfile",
+                 "deploy/kustomization.yaml", "deploy/controller/Containerfile"):
         assert need in names, need
     assert not [n for n in names if n.endswith((".so", ".o", ".pyc"))]
     # Cython output is rebuilt from the .pyx, never shipped stale
