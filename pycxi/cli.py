@@ -500,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--strict-vni-overlap", action="store_true",
                    help="model an unpatched 13.1/14.0.0 driver: no two profiles may overlap")
 
+    from pycxi.cni.node import register as register_node
+    register_node(sub)
+
     try:
         from pycxi.vni.cli import register
     except ImportError:  # pragma: no cover - the vni package ships with pycxi

@@ -173,6 +173,7 @@ class Containerd:
             f.write(CONFIG.format(d=self.dir, image=PAUSE_IMAGE, bin_dir=self.bin_dir,
                                   conf_dir=self.conf_dir))
         self.proc = None
+        self.netns_seen = set()      # pod namespaces (containerd pins them in /var/run/netns)
         self.log = f"{self.dir}/containerd.log"
         self.channel = None
         self.pb = None
@@ -213,6 +214,7 @@ class Containerd:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
+            self.stub = None
 
     def log_text(self):
         try:
@@ -261,6 +263,7 @@ class Containerd:
         info = json.loads(self.status(sid).info["info"])
         for ns in info["runtimeSpec"]["linux"]["namespaces"]:
             if ns["type"] == "network":
+                self.netns_seen.add(ns["path"])
                 return ns["path"]
         raise AssertionError(f"no network namespace in sandbox {sid}'s spec")
 
@@ -297,6 +300,13 @@ class Containerd:
             mounts = [line.split()[4] for line in f if line.split()[4].startswith(self.dir)]
         for m in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
+        for path in self.netns_seen:         # only if a failure left a sandbox behind
+            if os.path.exists(path):
+                subprocess.run(["umount", "-l", path], capture_output=True)
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
