@@ -14,10 +14,12 @@ Each sweep, under the plugin's node-wide lock:
 
 * **records** (every network under ``dataDir``): a record in phase ``deleting`` (DEL left a busy
   service), or whose network namespace is gone, is torn down as DEL/GC would (services destroyed,
-  local VNI released, record and index link removed).  A namespace counts as gone only when the
-  directory of its recorded path is visible here and neither that path, nor an nsfs bind mount,
-  nor a process here has it; otherwise the record is left alone and counted as *unverifiable*
-  (a container without the host's ``/run/netns`` or PID namespace cannot tell);
+  local VNI released, record and index link removed).  A namespace is gone when its recorded pin
+  (``/run/netns/...``: containerd, CRI-O, podman) no longer exists or holds another namespace --
+  also when the kernel has reused the inode number meanwhile.  When the pin's directory is not
+  visible here (mount the host's ``/run/netns``) or the path is a ``/proc/<pid>`` one, the
+  record is left alone unless a mount or process here still has it, and counted as
+  *unverifiable*;
 * **orphans**: services on a NIC that no record knows, bound to a network namespace that no longer
   exists (e.g. a state directory wiped under running pods).  They are counted, and destroyed with
   ``--remove-orphans``.  Services with uid/gid members, unbound ones and the default service are
@@ -71,9 +73,27 @@ class Stats:
         self.unverifiable = 0
 
 
-def _netns_checkable(path):
-    """Whether a missing netns at ``path`` means something here: its directory is visible."""
-    return isinstance(path, str) and path.startswith("/") and os.path.isdir(os.path.dirname(path))
+def _netns_gone(path, inode):
+    """True: the pod's netns is gone; False: alive; None: cannot tell from here.
+
+    The recorded path is authoritative when it can be checked here: every runtime that calls
+    CNI with a pinned namespace (containerd, CRI-O, podman: ``/run/netns/...``) removes the pin
+    when it is done with the sandbox, so a missing pin, or a pin now holding another namespace,
+    means the pod is gone -- even if the kernel has meanwhile given the inode number to another
+    namespace (exactly when a leftover service is dangerous: it would admit that namespace).
+    ``/proc/<pid>/ns/net`` paths and pins in directories not visible here cannot be checked:
+    alive if a mount or process here has the inode, else unknown."""
+    if not isinstance(inode, int) or inode <= 0:
+        return True
+    if isinstance(path, str) and path.startswith("/") and not path.startswith("/proc/") \
+            and os.path.isdir(os.path.dirname(path)):
+        try:
+            return os.stat(path).st_ino != inode
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return None
+    return False if st.netns_alive(path, inode) else None
 
 
 def _why(rec):
@@ -82,11 +102,10 @@ def _why(rec):
         return REASON_CORRUPT
     if rec.get("phase") == st.PHASE_DELETING:
         return REASON_DELETING
-    if st.netns_alive(rec.get("netns"), rec.get("netnsInode")):
-        return None
-    if not _netns_checkable(rec.get("netns")):
+    gone = _netns_gone(rec.get("netns"), rec.get("netnsInode"))
+    if gone is None:
         return "unverifiable"
-    return REASON_NETNS_GONE
+    return REASON_NETNS_GONE if gone else None
 
 
 def sweep_records(data_dir, log, devs):
@@ -128,6 +147,8 @@ def sweep_records(data_dir, log, devs):
                     errors.append(f"{what}: {from_exception(exc)}")
                     continue
                 errors.extend(f"{what}: {e}" for e in errs)
+                if not done and not errs:
+                    errors.append(f"{what}: service still busy (LNIs open): kept for the next sweep")
                 if done:
                     removed[why] = removed.get(why, 0) + 1
                     # drop the released record so its service IDs no longer count as taken
