@@ -104,3 +104,61 @@ def test_console_script():
     p = subprocess.run([exe], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"},
                        capture_output=True)
     assert p.returncode == 0 and json.loads(p.stdout)["cniVersion"] == "0.4.0"
+
+
+def _host(tmp_path, files, dirs=()):
+    for path, text in files.items():
+        p = tmp_path / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for d in dirs:
+        (tmp_path / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return str(tmp_path)
+
+
+CRI_V1 = """version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "pause#3"   # a '#' inside a string is not a comment
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"      # Debian's
+    conf_dir = '/etc/cni/net.d'
+"""
+CRI_V2 = """version = 3
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = ["/opt/cni/bin", "/usr/libexec/cni"]
+"""
+
+
+@pytest.mark.parametrize("files,dirs,want", [
+    ({"/etc/containerd/config.toml": CRI_V1}, (), (["/usr/lib/cni"], "/etc/cni/net.d")),
+    ({"/etc/containerd/config.toml": CRI_V2}, (), (["/opt/cni/bin", "/usr/libexec/cni"], "/etc/cni/net.d")),
+    # k3s's generated config wins over /etc/containerd's
+    ({"/etc/containerd/config.toml": CRI_V1,
+      "/var/lib/rancher/k3s/agent/etc/containerd/config.toml":
+          '[plugins."io.containerd.grpc.v1.cri".cni]\n  bin_dir = "/var/lib/rancher/k3s/data/cni"\n'
+          '  conf_dir = "/var/lib/rancher/k3s/agent/etc/cni/net.d"\n'}, (),
+     (["/var/lib/rancher/k3s/data/cni"], "/var/lib/rancher/k3s/agent/etc/cni/net.d")),
+    # k3s before it has written its containerd config: its stable CNI dir if present
+    ({}, ("/var/lib/rancher/k3s/data/current/bin",),
+     (["/var/lib/rancher/k3s/data/current/bin"], "/var/lib/rancher/k3s/agent/etc/cni/net.d")),
+    # no config: containerd's defaults, every one that exists (upstream and Debian's)
+    ({"/etc/containerd/config.toml": "version = 2\n"}, ("/opt/cni/bin", "/usr/lib/cni"),
+     (["/opt/cni/bin", "/usr/lib/cni"], "/etc/cni/net.d")),
+    ({}, (), (["/opt/cni/bin"], "/etc/cni/net.d")),
+], ids=["containerd1", "containerd2", "k3s-config", "k3s-old", "defaults-both", "nothing"])
+def test_find_cni_dirs(tmp_path, files, dirs, want):
+    root = _host(tmp_path, files, dirs)
+    bins, conf, source = install.find_cni_dirs(root)
+    assert (bins, conf) == want, source
+
+
+def test_install_bin_dir_auto_says_where(tmp_path, capsys):
+    root = _host(tmp_path, {"/etc/containerd/config.toml": CRI_V1})
+    assert install.main(["--bin-dir", "auto", "--host-root", root, "--python", PY]) == 0
+    err = capsys.readouterr().err
+    assert "CNI dirs from /etc/containerd/config.toml: bin /usr/lib/cni; conf /etc/cni/net.d" in err
+    assert f"installed {root}/usr/lib/cni/cxi" in err
+    assert open(f"{root}/usr/lib/cni/cxi").readline() == f"#!{PY} -IS\n"
+    assert install.main(["--show-dirs", "--host-root", root]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "binDirs": ["/usr/lib/cni"], "confDir": "/etc/cni/net.d", "source": "/etc/containerd/config.toml"}
