@@ -261,3 +261,29 @@ def test_daemonset_entrypoint_installs_then_sweeps(tmp_path):
         except ProcessLookupError:
             pass
         p.wait()
+
+
+def test_systemd_units(tmp_path):
+    """The node component's units for nodes without the DaemonSet: systemd accepts them (no
+    unknown key, the command exists) and their command lines are valid ``pycxi`` invocations."""
+    import shlex
+    import shutil
+    from pycxi.cli import build_parser
+    units = os.path.join(CNI, "systemd")
+    names = sorted(os.listdir(units))
+    assert names == ["pycxi-node-sweep.service", "pycxi-node-sweep.timer", "pycxi-node.service"]
+    for n in names:
+        text = open(os.path.join(units, n)).read()
+        for line in text.splitlines():
+            if line.startswith("ExecStart="):
+                argv = shlex.split(line.split("=", 1)[1])
+                assert argv[:3] == ["/opt/pycxi/venv/bin/python", "-m", "pycxi.cli"]
+                args = build_parser().parse_args(argv[3:])
+                assert args.command == "node" and args.data_dir == "/run/cni/cxi"
+        (tmp_path / n).write_text(text.replace("/opt/pycxi/venv/bin/python", PY))
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    p = subprocess.run(["systemd-analyze", "verify", "--man=no"] + [str(tmp_path / n) for n in names],
+                       capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    out = [line for line in (p.stdout + p.stderr).splitlines() if str(tmp_path) in line]
+    assert p.returncode == 0 and out == [], p.stdout + p.stderr
