@@ -86,7 +86,7 @@ def _wait(pred, timeout=20, what="condition"):
 def cri(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("cri"))
     ns = Netns()
-    host = ns.add("cxr")
+    host = ns.add("cxtr")      # cxt*: scripts/test.sh removes them even after a crash
     sim = os.path.join(work, "sim")
     os.makedirs(sim)
     os.chmod(work, 0o755)
