@@ -15,7 +15,10 @@ by the pod's identity from CNI_ARGS; a process in pod A's netns cannot use pod B
 can the host); Stop/Remove leave no service, record or index link; a containerd restart under
 running pods loses nothing and calls no plugin; a network renamed under a running pod leaks its
 services on DEL (containerd uses the conflist loaded now and never sends GC) and the node
-component's sweep removes them, seen through its Prometheus metrics.
+component's sweep removes them, seen through its Prometheus metrics; with the production
+conflist (VNIs from the VNI service: a stand-in API server, there is no kube-apiserver here) a pod
+not allocated yet fails RunPodSandbox with nothing left, its retry gets the allocated VNIs, and a
+replaced pod (other K8S_POD_UID) is refused.
 """
 import json
 import os
@@ -296,5 +299,102 @@ def test_renamed_network_leaks_and_node_sweep_removes_it(cri):
         if sid:
             c.stop_pod(sid)
             c.remove_pod(sid)
+        _write_conflist(c, NET)
+        _wait(lambda: _loaded_network(c) == NET, what="containerd to reload")
+
+
+# A stand-in for the kube-apiserver (none exists here): GET /api/v1/namespaces/<ns>/pods/<name>
+# answered from a JSON file the test rewrites.  It runs in containerd's network namespace, where
+# the plugins run, on its loopback.
+_API = r"""
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+pods_file = sys.argv[1]
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        with open(pods_file) as f:
+            pods = json.load(f)
+        pod = None
+        if len(parts) == 6 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods":
+            pod = pods.get(parts[3] + "/" + parts[5])
+        body = json.dumps(pod or {"kind": "Status", "code": 404, "reason": "NotFound"}).encode()
+        self.send_response(200 if pod else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"""
+
+
+def test_vnis_from_the_vni_service(cri):
+    """The production conflist on Kubernetes (one network for every pod: the VNI comes from the
+    VNI service): the plugin GETs the pod named by K8S_POD_NAMESPACE/K8S_POD_NAME and takes the
+    VNIs from the controller's status condition, only if K8S_POD_UID matches.  Not allocated yet ->
+    RunPodSandbox fails (code 11, the kubelet retries) leaving nothing; allocated -> the retry
+    gets its service; a replaced pod (other UID) is refused."""
+    import grpc
+    c = cri
+    pods_file = os.path.join(c.dir, "pods.json")
+    uid = "6b1f7c1e-0000-4000-8000-000000000001"
+
+    def set_pod(vnis):
+        cond = [{"type": "vni.pycxi.dev/Allocated", "status": "True", "reason": "Allocated",
+                 "message": "vnis=" + ",".join(map(str, vnis))}] if vnis else []
+        with open(pods_file, "w") as f:
+            json.dump({"hpc/job-0": {"metadata": {"namespace": "hpc", "name": "job-0", "uid": uid,
+                                                  "annotations": {"vni.pycxi.dev/vni": "true"}},
+                                     "status": {"conditions": cond}}}, f)
+    set_pod(None)
+    api = subprocess.Popen(["ip", "netns", "exec", c.host_ns, PY, "-c", _API, pods_file],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sid = None
+    try:
+        port = int(api.stdout.readline())
+        kc = os.path.join(c.dir, "cxi.kubeconfig")
+        with open(kc, "w") as f:
+            json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "x",
+                       "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                       "users": [{"name": "u", "user": {"token": "t"}}],
+                       "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}, f)
+        conf = _conflist(c, "k8snet")
+        conf["plugins"][1] = {"type": "cxi", "dataDir": c.data_dir, "logFile": c.cxi_log,
+                              "logLevel": "debug", "kubernetes": {"kubeconfig": kc, "timeout": 2}}
+        with open(os.path.join(c.conf_dir, CONFLIST), "w") as f:
+            json.dump(conf, f)
+        _wait(lambda: _loaded_network(c) == "k8snet", what="containerd to load the k8s conflist")
+
+        with pytest.raises(grpc.RpcError) as exc:            # asked, not allocated yet
+            c.run_pod("job-0", "hpc", uid=uid)
+        assert "is not allocated yet" in exc.value.details(), exc.value.details()
+        _assert_clean(c)
+        assert [p for p in c.pods() if p.metadata.name == "job-0"] == []
+
+        set_pod([4242, 4243])                                 # the controller allocated
+        sid = c.run_pod("job-0", "hpc", uid=uid, attempt=1)
+        inode = os.stat(c.netns_path(sid)).st_ino
+        svcs = _svc_of(c, inode)
+        assert set(svcs) == {"cxi0", "cxi1"}
+        assert all(sorted(s["vnis"]) == [4242, 4243] for s in svcs.values())
+        assert _record(c, sid)["vniSource"] == "kubernetes"
+
+        with pytest.raises(grpc.RpcError) as exc:            # same name, another pod (UID)
+            c.run_pod("job-0", "hpc", uid="6b1f7c1e-0000-4000-8000-00000000dead", attempt=2)
+        assert "the pod was replaced" in exc.value.details(), exc.value.details()
+        c.stop_pod(sid)
+        c.remove_pod(sid)
+        sid = None
+        _assert_clean(c)
+    finally:
+        if sid:
+            c.stop_pod(sid)
+            c.remove_pod(sid)
+        api.kill()
+        api.wait()
         _write_conflist(c, NET)
         _wait(lambda: _loaded_network(c) == NET, what="containerd to reload")
