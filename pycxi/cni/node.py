@@ -158,7 +158,16 @@ def sweep_records(data_dir, log, devs):
 
 
 def scan_devices(data_dir, log, devs, remove_orphans):
-    """Services, resource use and orphans of every CXI device; orphans destroyed if asked."""
+    """Services, resource use and orphans of every CXI device; orphans destroyed if asked.
+    Under the node lock (taken after :func:`sweep_records` has released it): no ADD is between
+    its intent and its service ID meanwhile."""
+    if not os.path.isdir(data_dir):
+        return _scan_devices(data_dir, log, devs, remove_orphans)
+    with st.Lock(os.path.join(data_dir, "lock")):
+        return _scan_devices(data_dir, log, devs, remove_orphans)
+
+
+def _scan_devices(data_dir, log, devs, remove_orphans):
     from pycxi.cni import nic
     out = {"services": {}, "in_use": {}, "totals": {}, "tle_pools": {}, "orphans": {},
            "orphans_removed": 0, "errors": []}
@@ -197,15 +206,18 @@ def scan_devices(data_dir, log, devs, remove_orphans):
                 if st.netns_alive(None, ino):
                     continue
                 orphans.append(d.svc_id)
+            removed = 0
             for sid in orphans:
                 if remove_orphans and nic.destroy(dev, sid, 5, 0.1, log) != "busy":
                     log.warning(f"sweep: destroyed orphaned service {name}/{sid} "
                                 "(no record, its netns is gone)")
-                    out["orphans_removed"] += 1
+                    removed += 1
                 else:
                     log.warning(f"sweep: orphaned service {name}/{sid}: no record, its netns "
                                 "is gone" + ("" if remove_orphans else " (--remove-orphans)"))
-            out["orphans"][name] = len(orphans) - (out["orphans_removed"] if remove_orphans else 0)
+            out["orphans_removed"] += removed
+            out["orphans"][name] = len(orphans) - removed
+            out["services"][name] = len(descs) - removed
         except Exception as exc:
             from pycxi.cni.errors import from_exception
             out["errors"].append(f"{name}: {from_exception(exc)}")
