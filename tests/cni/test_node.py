@@ -146,7 +146,14 @@ def test_del_with_nothing_to_do_skips_the_commands(cni_env, netns):
     err = p.stderr.decode()
     assert "rc=0" in err and "pycxi.cni.commands" in err, err
     assert count_services() == 0 and records(cni_env.data_dir) == []
-    # a config the full path refuses is not answered by the fast path
+    # a config the full path refuses is not answered by the fast path: an unknown version, and
+    # (hostile, e.g. written through Multus) a network name or container ID that walks out of
+    # dataDir
     p = subprocess.run([launcher], input=json.dumps(dict(conf, cniVersion="9.9.9")).encode(),
                        env=env, capture_output=True)
     assert p.returncode == 1 and json.loads(p.stdout)["code"] == 1
+    for bad_conf, bad_env in ((dict(conf, name="../../etc"), {}),
+                              (conf, {"CNI_CONTAINERID": "../n1/some"})):
+        p = subprocess.run([launcher], input=json.dumps(bad_conf).encode(),
+                           env=dict(env, **bad_env), capture_output=True)
+        assert p.returncode == 1 and json.loads(p.stdout)["code"] in (4, 7), p.stdout
