@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from cniutil import (PY, count_services, cxi_conf, index_links, need_core, need_root, plugin_call,
-                     pycxi_cmd, pyrun, records, run, services)
+                     pycxi_cmd, records, run, services)
 
 pytestmark = [need_core, need_root]
 
