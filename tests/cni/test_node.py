@@ -157,3 +157,26 @@ def test_del_with_nothing_to_do_skips_the_commands(cni_env, netns):
         p = subprocess.run([launcher], input=json.dumps(bad_conf).encode(),
                            env=dict(env, **bad_env), capture_output=True)
         assert p.returncode == 1 and json.loads(p.stdout)["code"] in (4, 7), p.stdout
+
+
+def test_metrics_text_parses():
+    """The exposition is valid Prometheus text (the reference parser reads every family back)."""
+    parser = pytest.importorskip("prometheus_client.parser")
+    from pycxi.cni import node
+    st = node.Stats()
+    st.services = {"cxi0": 3, "cxi1": 0}
+    st.records = {'net"with\\quotes': 2}
+    st.in_use = {("cxi0", "PTE"): 10}
+    st.totals = {("cxi0", "PTE"): 2048}
+    st.tle_pools = {"cxi0": 1}
+    st.orphans = {"cxi0": 1}
+    st.removed["netns_gone"] = 4
+    st.sweeps = 7
+    fams = {f.name: f for f in parser.text_string_to_metric_families(node.render(st))}
+    assert fams["pycxi_node_services"].samples[0].labels == {"device": "cxi0"}
+    assert fams["pycxi_node_services"].samples[0].value == 3
+    assert fams["pycxi_node_records"].samples[0].labels == {"network": 'net"with\\quotes'}
+    # counters are exposed with the _total suffix the parser strips from the family name
+    [s] = [s for s in fams["pycxi_node_leaked_removed"].samples if s.labels == {"reason": "netns_gone"}]
+    assert s.value == 4 and s.name == "pycxi_node_leaked_removed_total"
+    assert fams["pycxi_node_sweeps"].samples[0].value == 7
