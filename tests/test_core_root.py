@@ -20,7 +20,7 @@ import pytest
 import pycxi
 import pycxi.device as device
 from pycxi import CxiLibError, SvcDesc, SvcMember
-from coreutil import netns_inode_of, pycxi_cli, run_forked
+from coreutil import netns_inode_of, run_forked
 
 LIMITS = {"PTE": (16, 0), "TXQ": (16, 0), "EQ": (16, 0), "CT": (16, 0), "AC": (16, 0),
           "TLE": (0, 0)}
