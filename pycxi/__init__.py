@@ -1,7 +1,8 @@
 """pycxi: the HPE Slingshot CXI service API from Python.
 
 Built against a system libcxi when one is found, otherwise against pycxi's software
-CXI device (``pycxi.BACKEND`` says which).  The extension is loaded lazily, so
+CXI device (``pycxi.BACKEND`` says which; ``pycxi.SOFTWARE_DEVICE`` is True for the latter,
+which is a model for tests and demos, not a NIC and no security boundary).  The extension is loaded lazily, so
 ``import pycxi.vni`` and friends stay cheap.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import
     # ("X as X": an explicit re-export under mypy --strict)
     from pycxi.device import BACKEND as BACKEND
     from pycxi.device import NETNS_METHODS as NETNS_METHODS
+    from pycxi.device import SOFTWARE_DEVICE as SOFTWARE_DEVICE
     from pycxi.device import Cp as Cp
     from pycxi.device import DevInfo as DevInfo
     from pycxi.device import Device as Device
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import
 # name -> submodule; resolved on first access (PEP 562)
 _LAZY = {
     "BACKEND": "pycxi.device",
+    "SOFTWARE_DEVICE": "pycxi.device",
     "NETNS_METHODS": "pycxi.device",
     "C_PID_ANY": "pycxi.svc",
     "Device": "pycxi.device",

@@ -7,6 +7,8 @@
     pycxi svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
     pycxi access-check --svc ID [--vni N] [--tc NAME]
     pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap]
+                                                 [--stock-root-profile]
+    pycxi node sweep ...                  (the node component: docs/cli.md)
     pycxi vni alloc KEY | release KEY | list [--json] | manifests | controller [ARGS...]
 
 cxi_service's usage is accepted as well: ``pycxi list [-s ID] [-v]``, ``pycxi create -y FILE``,
@@ -475,6 +477,8 @@ def cmd_sim(args) -> int:
     if args.sim_action == "reset":
         if args.strict_vni_overlap:
             os.environ["PYCXI_SIM_STRICT_VNI_OVERLAP"] = "1"
+        if args.stock_root_profile:
+            os.environ["PYCXI_SIM_STOCK_ROOT_PROFILE"] = "1"
         device.sim_reset(args.devices)
         print(f"reset: {args.devices} software device(s) under {device.sim_root()}", file=sys.stderr)
         return 0
@@ -600,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--devices", type=_int, default=1)
     a.add_argument("--strict-vni-overlap", action="store_true",
                    help="model an unpatched 13.1/14.0.0 driver: no two profiles may overlap")
+    a.add_argument("--stock-root-profile", action="store_true",
+                   help="model an unpatched driver: root in any netns gets an implicit profile "
+                        "for a VNI that no profile matches")
+
+    from pycxi.cni.node import register as register_node
+    register_node(sub)
 
     try:
         from pycxi.vni.cli import register
@@ -632,9 +642,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.controller_args = passthrough
     if args.version:
         from pycxi import __version__
-        from pycxi.device import BACKEND, NETNS_METHODS
+        from pycxi.device import BACKEND, NETNS_METHODS, SOFTWARE_DEVICE
 
         print(f"pycxi {__version__} ({BACKEND}; netns: {', '.join(sorted(NETNS_METHODS)) or 'none'})")
+        if SOFTWARE_DEVICE:
+            from pycxi.device import sim_root
+
+            print(f"SOFTWARE CXI device (state under {sim_root()}): not a NIC, isolates nothing; "
+                  f"for tests and demos only")
         return 0
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

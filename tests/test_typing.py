@@ -34,6 +34,7 @@ def main() -> None:
     with pycxi.Device(0) as dev:
         info: pycxi.DevInfo = dev.info
         print(info.name, pycxi.BACKEND, sorted(pycxi.NETNS_METHODS), pycxi.__version__)
+        sw: bool = pycxi.SOFTWARE_DEVICE
         s = dev.alloc_svc(SvcDesc(vnis=[7], members=[SvcMember.uid(0)]))
         with dev.alloc_lni(s) as lni:
             dom: pycxi.Domain = lni.alloc_domain(7)
