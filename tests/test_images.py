@@ -141,7 +141,8 @@ def test_node_image_is_what_the_daemonset_runs():
             assert os.path.exists(mod + ".py") or os.path.exists(os.path.join(mod, "__main__.py"))
     # the prefix install.sh copies to the node and the launcher's interpreter are the image's
     install = open(os.path.join(REPO, "cni", "k8s", "install.sh")).read()
-    assert "/opt/pycxi/venv/bin/python" in install and "cp -a /opt/pycxi/." in install
+    assert "/opt/pycxi/venv/bin/python" in install
+    assert re.search(r"cp -a /opt/pycxi/\.|:-/opt/pycxi\}", install), "install.sh copies /opt/pycxi"
     assert "/opt/pycxi" in copied
     text = open(NODE).read()
     assert "-m venv /opt/pycxi/venv" in text and "--prefix=/opt/pycxi/python" in text
