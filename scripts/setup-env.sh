@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc pkg-config openssl iproute2 util-linux procps containernetworking-plugins podman runc
-              busybox-static iputils-ping hyperfine)
+              busybox-static iputils-ping hyperfine containerd)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do
@@ -35,6 +35,6 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel cython
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel cython build
 echo "== building pycxi (.venv, editable)"
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"
