@@ -57,7 +57,7 @@ def _compiles(code, incs, libdirs, libs, link):
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write("#include <libcxi/libcxi.h>\n" + code)
+            f.write("#include <string.h>\n#include <libcxi/libcxi.h>\n" + code)
         # An undeclared function must not pass for a declared one (gcc < 14 only warns).
         cmd = [cc, "-Werror=implicit-function-declaration", src, "-o",
                os.path.join(tmp, "probe")] + [f"-I{d}" for d in incs]
