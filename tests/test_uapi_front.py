@@ -93,7 +93,7 @@ def _parse_cxi_service_list(text):
         elif key.endswith("Valid Members"):
             cur["members"] |= {(t, int(v)) for t, v in re.findall(r"(\w+)=(\d+)", val)}
         elif key in ("VNIs", "---> Valid VNIs"):     # 13.1 and later / 12.0.x
-            cur["vnis"] = [int(v) for v in val.split()]
+            cur["vnis"] = [int(v) for v in re.findall(r"\d+", val)]
     return out
 
 
