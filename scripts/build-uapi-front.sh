@@ -26,6 +26,7 @@ grep -q CXI_OP_TRIG_CP_ALLOC "$abi" && defs+=(-DFRONT_HAVE_TRIG_CP)
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
 cflags=(-O2 -g -fPIC -Wall -Werror=implicit-function-declaration)
 "$CC" "${cflags[@]}" -I"$here/include" -I"$here/src" -c "$here/src/sim.c" -o "$w/sim.o"
+"$CC" "${cflags[@]}" -I"$here/include" -c "$here/src/uapi_front_ids.c" -o "$w/ids.o"
 "$CC" "${cflags[@]}" "${defs[@]}" -I"$inc" -I"$here/src" -c "$here/src/uapi_front.c" -o "$w/front.o"
 cat > "$w/front.map" <<'MAP'
 {
@@ -35,5 +36,5 @@ cat > "$w/front.map" <<'MAP'
   local: *;
 };
 MAP
-"$CC" -shared -o "$out" "$w/sim.o" "$w/front.o" -Wl,--version-script="$w/front.map" -ldl -lpthread
+"$CC" -shared -o "$out" "$w/sim.o" "$w/ids.o" "$w/front.o" -Wl,--version-script="$w/front.map" -ldl -lpthread
 echo "built $out (${defs[*]:-no optional commands})"

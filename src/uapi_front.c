@@ -52,12 +52,19 @@
 #define MAX_FDS 4096
 #define MAX_OBJS 4096
 
-enum obj_kind { OBJ_FREE = 0, OBJ_LNI, OBJ_DOMAIN, OBJ_CP };
+enum obj_kind { OBJ_FREE = 0, OBJ_LNI, OBJ_DOMAIN, OBJ_CP, OBJ_MD, OBJ_EQ, OBJ_CQ, OBJ_PTE, OBJ_CT };
 
 struct obj {
 	enum obj_kind kind;
-	void *p;		/* the device's object: cxil_lni, cxil_domain, cxi_cp */
+	unsigned int id;	/* what libcxi holds: the table handle, or the object's number */
+	void *p;		/* the device's object: cxil_lni, cxil_domain, cxi_cp, ... */
 };
+
+/* uapi_front_ids.c: object numbers read with the device's own layouts */
+unsigned int pycxi_front_eqn(const void *eq);
+unsigned int pycxi_front_cq_idx(const void *cq);
+unsigned int pycxi_front_ctn(const void *ct);
+unsigned int pycxi_front_ptn(const void *pte);
 
 struct client {
 	struct cxil_dev *dev;	/* one device handle of the software device */
@@ -306,31 +313,33 @@ static struct client *client_of(int fd)
 
 /* ---- commands --------------------------------------------------------------------- */
 
-static int obj_add(struct client *c, enum obj_kind kind, void *p)
+/*
+ * Record a device object; returns the handle libcxi gets: ``id`` where libcxi uses the
+ * object's number as its handle (LNI id, EQ/CQ/CT/PTE numbers), else the table slot + 1.
+ */
+static int obj_add(struct client *c, enum obj_kind kind, void *p, int id)
 {
 	for (int i = 0; i < MAX_OBJS; i++)
 		if (c->objs[i].kind == OBJ_FREE) {
 			c->objs[i].kind = kind;
 			c->objs[i].p = p;
-			return i + 1;
+			c->objs[i].id = id >= 0 ? (unsigned int)id : (unsigned int)i + 1;
+			return (int)c->objs[i].id;
 		}
 	return -ENOSPC;
 }
 
-static void *obj_get(struct client *c, enum obj_kind kind, unsigned int h)
-{
-	if (h < 1 || h > MAX_OBJS || c->objs[h - 1].kind != kind)
-		return NULL;
-	return c->objs[h - 1].p;
-}
-
-/* The LNI whose id libcxi holds (it uses the handle the driver returned as lni->id). */
-static struct cxil_lni *lni_get(struct client *c, unsigned int id)
+static void *obj_get(struct client *c, enum obj_kind kind, unsigned int id)
 {
 	for (int i = 0; i < MAX_OBJS; i++)
-		if (c->objs[i].kind == OBJ_LNI && ((struct cxil_lni *)c->objs[i].p)->id == id)
+		if (c->objs[i].kind == kind && c->objs[i].id == id)
 			return c->objs[i].p;
 	return NULL;
+}
+
+static struct cxil_lni *lni_get(struct client *c, unsigned int id)
+{
+	return obj_get(c, OBJ_LNI, id);
 }
 
 static void obj_del(struct client *c, void *p)
@@ -492,7 +501,7 @@ static int do_command(struct client *c, const void *buf, size_t len)
 		rc = cxil_alloc_lni(dev, &lni, cmd->svc_id);
 		if (rc)
 			return rc;
-		if ((rc = obj_add(c, OBJ_LNI, lni)) < 0) {
+		if ((rc = obj_add(c, OBJ_LNI, lni, lni->id)) < 0) {
 			cxil_destroy_lni(lni);
 			return rc;
 		}
@@ -518,7 +527,7 @@ static int do_command(struct client *c, const void *buf, size_t len)
 		rc = cxil_alloc_domain(lni, cmd->vni, cmd->pid, &d);
 		if (rc)
 			return rc;
-		if ((rc = obj_add(c, OBJ_DOMAIN, d)) < 0) {
+		if ((rc = obj_add(c, OBJ_DOMAIN, d, -1)) < 0) {
 			cxil_destroy_domain(d);
 			return rc;
 		}
@@ -544,7 +553,7 @@ static int do_command(struct client *c, const void *buf, size_t len)
 		rc = cxil_alloc_cp(lni, cmd->vni, cmd->tc, cmd->tc_type, &cp);
 		if (rc)
 			return rc;
-		if ((rc = obj_add(c, OBJ_CP, cp)) < 0) {
+		if ((rc = obj_add(c, OBJ_CP, cp, -1)) < 0) {
 			cxil_destroy_cp(cp);
 			return rc;
 		}
@@ -558,14 +567,10 @@ static int do_command(struct client *c, const void *buf, size_t len)
 		struct cxi_cp *cp;
 		if (!lni)
 			return -EINVAL;
-		/* libcxi's cxil_alloc_cp is TRIG_CP_ALLOC with ANY_LCID; the software device
-		 * models only that case (a CP of either kind) */
-		if (cmd->cp_type != ANY_LCID)
-			return -EOPNOTSUPP;
-		rc = cxil_alloc_cp(lni, cmd->vni, cmd->tc, cmd->tc_type, &cp);
+		rc = cxil_alloc_trig_cp(lni, cmd->vni, cmd->tc, cmd->tc_type, cmd->cp_type, &cp);
 		if (rc)
 			return rc;
-		if ((rc = obj_add(c, OBJ_CP, cp)) < 0) {
+		if ((rc = obj_add(c, OBJ_CP, cp, -1)) < 0) {
 			cxil_destroy_cp(cp);
 			return rc;
 		}
@@ -581,6 +586,152 @@ static int do_command(struct client *c, const void *buf, size_t len)
 		rc = cxil_destroy_cp(cp);
 		if (!rc)
 			obj_del(c, cp);
+		return rc;
+	}
+	case CXI_OP_ATU_MAP: {
+		CMD(cxi_atu_map_cmd);
+		struct cxil_lni *lni = lni_get(c, cmd->lni);
+		struct cxi_md *md;
+		struct cxi_md_hints hints = cmd->hints;
+		if (!lni)
+			return -EINVAL;
+		rc = cxil_map(lni, (void *)(uintptr_t)cmd->va, cmd->len, cmd->flags, &hints, &md);
+		if (rc)
+			return rc;
+		if ((rc = obj_add(c, OBJ_MD, md, -1)) < 0) {
+			cxil_unmap(md);
+			return rc;
+		}
+		RESP(cxi_atu_map_resp, .id = rc, .md = *md);
+		return 0;
+	}
+	case CXI_OP_ATU_UNMAP: {
+		CMD(cxi_atu_unmap_cmd);
+		struct cxi_md *md = obj_get(c, OBJ_MD, cmd->id);
+		if (!md)
+			return -EINVAL;
+		rc = cxil_unmap(md);
+		if (!rc)
+			obj_del(c, md);
+		return rc;
+	}
+	case CXI_OP_EQ_ALLOC: {
+		CMD(cxi_eq_alloc_cmd);
+		struct cxil_lni *lni = lni_get(c, cmd->lni);
+		struct cxi_md *md = NULL;
+		struct cxi_eq *eq;
+		if (!lni)
+			return -EINVAL;
+		if (cmd->queue_md != CXI_MD_NONE && !(md = obj_get(c, OBJ_MD, cmd->queue_md)))
+			return -EINVAL;
+		if (cmd->event_wait != CXI_WAIT_NONE || cmd->status_wait != CXI_WAIT_NONE)
+			return -EOPNOTSUPP;	/* wait objects (interrupts) are not modelled */
+		rc = cxil_alloc_evtq(lni, md, &cmd->attr, NULL, NULL, &eq);
+		if (rc)
+			return rc;
+		if ((rc = obj_add(c, OBJ_EQ, eq, pycxi_front_eqn(eq))) < 0) {
+			cxil_destroy_evtq(eq);
+			return rc;
+		}
+		RESP(cxi_eq_alloc_resp, .eq = rc, .csr = { .offset = 0, .size = 4096 });
+		return 0;
+	}
+	case CXI_OP_EQ_FREE: {
+		CMD(cxi_eq_free_cmd);
+		struct cxi_eq *eq = obj_get(c, OBJ_EQ, cmd->eq);
+		if (!eq)
+			return -EINVAL;
+		rc = cxil_destroy_evtq(eq);
+		if (!rc)
+			obj_del(c, eq);
+		return rc;
+	}
+	case CXI_OP_PTE_ALLOC: {
+		CMD(cxi_pte_alloc_cmd);
+		struct cxil_lni *lni = lni_get(c, cmd->lni_hndl);
+		struct cxi_eq *eq = NULL;
+		struct cxi_pt_alloc_opts opts = cmd->opts;
+		struct cxil_pte *pte;
+		if (!lni)
+			return -EINVAL;
+		if (cmd->evtq_hndl != C_EQ_NONE && !(eq = obj_get(c, OBJ_EQ, cmd->evtq_hndl)))
+			return -EINVAL;
+		rc = cxil_alloc_pte(lni, eq, &opts, &pte);
+		if (rc)
+			return rc;
+		if ((rc = obj_add(c, OBJ_PTE, pte, pycxi_front_ptn(pte))) < 0) {
+			cxil_destroy_pte(pte);
+			return rc;
+		}
+		RESP(cxi_pte_alloc_resp, .pte_number = rc);
+		return 0;
+	}
+	case CXI_OP_PTE_FREE: {
+		CMD(cxi_pte_free_cmd);
+		struct cxil_pte *pte = obj_get(c, OBJ_PTE, cmd->pte_number);
+		if (!pte)
+			return -EINVAL;
+		rc = cxil_destroy_pte(pte);
+		if (!rc)
+			obj_del(c, pte);
+		return rc;
+	}
+	case CXI_OP_CQ_ALLOC: {
+		CMD(cxi_cq_alloc_cmd);
+		struct cxil_lni *lni = lni_get(c, cmd->lni);
+		struct cxi_eq *eq = NULL;
+		struct cxi_cq *cq;
+		if (!lni)
+			return -EINVAL;
+		if (cmd->eq != C_EQ_NONE && !(eq = obj_get(c, OBJ_EQ, cmd->eq)))
+			return -EINVAL;
+		rc = cxil_alloc_cmdq(lni, eq, &cmd->opts, &cq);
+		if (rc)
+			return rc;
+		if ((rc = obj_add(c, OBJ_CQ, cq, pycxi_front_cq_idx(cq))) < 0) {
+			cxil_destroy_cmdq(cq);
+			return rc;
+		}
+		/* queue memory for the mmap()s that follow: anonymous, nothing is read from it */
+		RESP(cxi_cq_alloc_resp, .cq = rc, .count = cmd->opts.count,
+		     .cmds = { .offset = 0, .size = ((size_t)cmd->opts.count * 64 + 4095) & ~4095UL },
+		     .wp_addr = { .offset = 0, .size = 4096 });
+		return 0;
+	}
+	case CXI_OP_CQ_FREE: {
+		CMD(cxi_cq_free_cmd);
+		struct cxi_cq *cq = obj_get(c, OBJ_CQ, cmd->cq);
+		if (!cq)
+			return -EINVAL;
+		rc = cxil_destroy_cmdq(cq);
+		if (!rc)
+			obj_del(c, cq);
+		return rc;
+	}
+	case CXI_OP_CT_ALLOC: {
+		CMD(cxi_ct_alloc_cmd);
+		struct cxil_lni *lni = lni_get(c, cmd->lni);
+		struct cxi_ct *ct;
+		if (!lni)
+			return -EINVAL;
+		rc = cxil_alloc_ct(lni, cmd->wb, &ct);
+		if (rc)
+			return rc;
+		if ((rc = obj_add(c, OBJ_CT, ct, pycxi_front_ctn(ct))) < 0) {
+			cxil_destroy_ct(ct);
+			return rc;
+		}
+		RESP(cxi_ct_alloc_resp, .ctn = rc, .doorbell = { .offset = 0, .size = 4096 });
+		return 0;
+	}
+	case CXI_OP_CT_FREE: {
+		CMD(cxi_ct_free_cmd);
+		struct cxi_ct *ct = obj_get(c, OBJ_CT, cmd->ctn);
+		if (!ct)
+			return -EINVAL;
+		rc = cxil_destroy_ct(ct);
+		if (!rc)
+			obj_del(c, ct);
 		return rc;
 	}
 	default:
