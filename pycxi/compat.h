@@ -13,7 +13,9 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <string.h>	/* before libcxi.h: HPE's cxi_prov_hw.h uses memset without it */
 #include <libcxi/libcxi.h>
 
 #ifdef PYCXI_BACKEND_SIM
@@ -79,6 +81,59 @@ static inline int pycxi_x_sim_check(unsigned int d, char *m, size_t l)
 		return -EOPNOTSUPP;
 #endif
 	return pycxi_sim_check(d, m, l);
+}
+
+/*
+ * Service calls that SHS 12.0.x's libcxi lacks (its kernel has no service
+ * enable, exclusive CP or VNI range): weak where libcxi is the system's, so
+ * that the extension loads against every release and these calls answer
+ * -EOPNOTSUPP there.  The prototypes are upstream's (SHS 13.1 and 14.0).
+ */
+#ifdef PYCXI_SIM_WEAK
+extern int cxil_svc_enable(struct cxil_dev *dev, unsigned int svc_id, bool enable)
+	__attribute__((weak));
+extern int cxil_svc_set_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+				     bool exclusive_cp) __attribute__((weak));
+extern int cxil_svc_get_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+				     bool *exclusive_cp) __attribute__((weak));
+extern int cxil_svc_set_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+				  uint16_t vni_min, uint16_t vni_max) __attribute__((weak));
+extern int cxil_svc_get_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+				  uint16_t *vni_min, uint16_t *vni_max) __attribute__((weak));
+#define PYCXI_IF_ABSENT(fn)		\
+	do {				\
+		if (!(fn))		\
+			return -EOPNOTSUPP; \
+	} while (0)
+#else
+#define PYCXI_IF_ABSENT(fn) do { } while (0)
+#endif
+static inline int pycxi_x_svc_enable(struct cxil_dev *d, unsigned int s, bool e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_enable);
+	return cxil_svc_enable(d, s, e);
+}
+static inline int pycxi_x_svc_set_exclusive_cp(struct cxil_dev *d, unsigned int s, bool e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_set_exclusive_cp);
+	return cxil_svc_set_exclusive_cp(d, s, e);
+}
+static inline int pycxi_x_svc_get_exclusive_cp(struct cxil_dev *d, unsigned int s, bool *e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_get_exclusive_cp);
+	return cxil_svc_get_exclusive_cp(d, s, e);
+}
+static inline int pycxi_x_svc_set_vni_range(struct cxil_dev *d, unsigned int s,
+					    uint16_t lo, uint16_t hi)
+{
+	PYCXI_IF_ABSENT(cxil_svc_set_vni_range);
+	return cxil_svc_set_vni_range(d, s, lo, hi);
+}
+static inline int pycxi_x_svc_get_vni_range(struct cxil_dev *d, unsigned int s,
+					    uint16_t *lo, uint16_t *hi)
+{
+	PYCXI_IF_ABSENT(cxil_svc_get_vni_range);
+	return cxil_svc_get_vni_range(d, s, lo, hi);
 }
 
 /* The ABI value of CXI_SVC_MEMBER_NET_NS, also where the header lacks it. */

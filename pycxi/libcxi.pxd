@@ -180,11 +180,6 @@ cdef extern from "libcxi/libcxi.h" nogil:
     int cxil_destroy_svc(cxil_dev *dev, unsigned int svc_id)
     int cxil_set_svc_lpr(cxil_dev *dev, unsigned int svc_id, unsigned int lnis_per_rgid)
     int cxil_get_svc_lpr(cxil_dev *dev, unsigned int svc_id)
-    int cxil_svc_enable(cxil_dev *dev, unsigned int svc_id, cbool enable)
-    int cxil_svc_set_exclusive_cp(cxil_dev *dev, unsigned int svc_id, cbool exclusive_cp)
-    int cxil_svc_get_exclusive_cp(cxil_dev *dev, unsigned int svc_id, cbool *exclusive_cp)
-    int cxil_svc_set_vni_range(cxil_dev *dev, unsigned int svc_id, uint16_t vni_min, uint16_t vni_max)
-    int cxil_svc_get_vni_range(cxil_dev *dev, unsigned int svc_id, uint16_t *vni_min, uint16_t *vni_max)
     int cxil_alloc_lni(cxil_dev *dev, cxil_lni **lni, unsigned int svc_id)
     int cxil_destroy_lni(cxil_lni *lni)
     int cxil_alloc_domain(cxil_lni *lni, unsigned int vni, unsigned int pid, cxil_domain **domain)
@@ -220,6 +215,16 @@ cdef extern from "compat.h" nogil:
     void pycxi_member_set(cxi_svc_desc *d, int i, int type, unsigned int value)
     int pycxi_svc_set_netns(cxil_dev *dev, unsigned int svc_id, unsigned int netns)
     int pycxi_svc_get_netns(cxil_dev *dev, unsigned int svc_id, unsigned int *netns)
+    # not in SHS 12.0.x's libcxi: -EOPNOTSUPP there (compat.h)
+    int cxil_svc_enable "pycxi_x_svc_enable"(cxil_dev *dev, unsigned int svc_id, cbool enable)
+    int cxil_svc_set_exclusive_cp "pycxi_x_svc_set_exclusive_cp"(
+        cxil_dev *dev, unsigned int svc_id, cbool exclusive_cp)
+    int cxil_svc_get_exclusive_cp "pycxi_x_svc_get_exclusive_cp"(
+        cxil_dev *dev, unsigned int svc_id, cbool *exclusive_cp)
+    int cxil_svc_set_vni_range "pycxi_x_svc_set_vni_range"(
+        cxil_dev *dev, unsigned int svc_id, uint16_t vni_min, uint16_t vni_max)
+    int cxil_svc_get_vni_range "pycxi_x_svc_get_vni_range"(
+        cxil_dev *dev, unsigned int svc_id, uint16_t *vni_min, uint16_t *vni_max)
 
     cdef struct pycxi_sim_status:
         unsigned int services
