@@ -24,6 +24,25 @@ grep -q CXI_OP_SVC_ENABLE "$abi" && defs+=(-DFRONT_HAVE_SVC_ENABLE)
 grep -q CXI_OP_SVC_SET_NETNS "$abi" && defs+=(-DFRONT_HAVE_NETNS_OPS)
 grep -q CXI_OP_TRIG_CP_ALLOC "$abi" && defs+=(-DFRONT_HAVE_TRIG_CP)
 w=$(mktemp -d); trap 'rm -rf "$w"' EXIT
+# The structs that cross between the front and the device must have one layout in both
+# header sets (they do for 12.0.2, 13.1.0 and 14.0.0).
+cat > "$w/sizes.c" <<'C'
+#include <string.h>
+#include <stdio.h>
+#include <libcxi/libcxi.h>
+int main(void)
+{
+	printf("%zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct cxi_svc_desc),
+	       sizeof(struct cxi_rsrc_use), sizeof(struct cxi_svc_fail_info),
+	       sizeof(struct cxil_devinfo), sizeof(struct cxil_lni), sizeof(struct cxil_domain),
+	       sizeof(struct cxi_md), sizeof(struct cxil_pte));
+	return 0;
+}
+C
+"$CC" -I"$inc" "$w/sizes.c" -o "$w/theirs" && "$CC" -I"$here/include" "$w/sizes.c" -o "$w/ours" \
+  || { echo "cannot compile the layout check" >&2; exit 1; }
+[ "$("$w/theirs")" = "$("$w/ours")" ] \
+  || { echo "struct layouts differ between $inc and pycxi's headers: $("$w/theirs") vs $("$w/ours")" >&2; exit 1; }
 cflags=(-O2 -g -fPIC -Wall -Werror=implicit-function-declaration)
 "$CC" "${cflags[@]}" -I"$here/include" -I"$here/src" -c "$here/src/sim.c" -o "$w/sim.o"
 "$CC" "${cflags[@]}" -I"$here/include" -c "$here/src/uapi_front_ids.c" -o "$w/ids.o"
