@@ -15,8 +15,15 @@ class PluginTimeout(CniError):
 
 
 def _make_log(conf):
-    from pycxi.cni.log import Log
+    from pycxi.cni.log import Log, check_log_file
+    if conf.log_file is not None:
+        why = check_log_file(conf.log_file)
+        if why:
+            from pycxi.cni.errors import ERR_INVALID_CONFIG
+            raise CniError(ERR_INVALID_CONFIG, f"invalid value for 'logFile': {conf.log_file!r}", why)
     log = Log(conf.log_level, conf.log_file)
+    for w in conf.warnings or ():
+        log.warning(w)
     # arm the self-timeout now that the configured value is known: a hung call still answers
     seconds = int(max(1, round(conf.timeout)))
 

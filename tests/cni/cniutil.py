@@ -77,6 +77,15 @@ def access_cmd(svc, vni, dev="cxi0"):
     return [PY, "-c", _ACCESS, str(svc), str(vni), dev]
 
 
+def write_node_conf(path, doc):
+    """The node's policy file for the plugin (root-owned, 0644, as pycxi.cni.node requires)."""
+    path = str(path)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    os.chmod(path, 0o644)
+    return path
+
+
 def sim_reset(n, env):
     if _cli_has("sim"):
         return run(pycxi_cmd() + ["sim", "reset", "--devices", str(n)], env=env)

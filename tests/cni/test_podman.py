@@ -55,7 +55,7 @@ class Podman:
 def podman(cni_env, netns):
     host = netns.add("cxh")
     pid = os.getpid()
-    env = dict(os.environ)
+    env = dict(os.environ, **cni_env.env)     # PYCXI_SIM_ROOT, the node policy
     pm = Podman(host, env)
     d = pm.dir
     rootfs = os.path.join(d, "rootfs")
