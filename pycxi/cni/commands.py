@@ -351,6 +351,7 @@ def cmd_check(conf, env, log):
     rec = store.load(cid, ifname)
     if rec is None or "corrupt" in rec:
         raise CniError(ERR_UNKNOWN_CONTAINER, f"no cxi record for {cid}/{ifname}")
+    nic.require_real_or_chosen()     # cni-config: CHECK, like ADD, only on a chosen device
     adopt_sim_root(rec)
     inode = netns_inode(netns)
     problems = []

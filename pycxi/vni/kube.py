@@ -318,8 +318,16 @@ class _DeadlineRaw(io.RawIOBase):
 class _DeadlineResponse(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, deadline: float, **kw: Any) -> None:
         super().__init__(sock, **kw)
-        self.fp.close()        # the socket's own file: only drops its reference
+        # keep the socket's own file until the response is closed: its reference keeps the
+        # socket open after the connection hands it over (a "Connection: close" answer)
+        self._sockfile = self.fp
         self.fp = io.BufferedReader(_DeadlineRaw(sock, deadline))
+
+    def _close_conn(self) -> None:
+        super()._close_conn()  # type: ignore[misc]
+        f, self._sockfile = self._sockfile, None
+        if f is not None:
+            f.close()
 
 
 class KubeClient:

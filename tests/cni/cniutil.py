@@ -208,7 +208,11 @@ def plugin_call(cni_env, command, conf, cid="c1", netns_path="", ifname="eth0", 
         env.update(CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=args)
         if netns_path:
             env["CNI_NETNS"] = netns_path
-    env.update(extra_env or {})
+    for k, v in (extra_env or {}).items():    # None: take the variable away
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     p = subprocess.run([os.path.join(cni_env.bin, "cxi")], input=json.dumps(conf).encode(),
                        env=env, capture_output=True, timeout=timeout)
     out = p.stdout.decode()

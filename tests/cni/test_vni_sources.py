@@ -191,7 +191,7 @@ def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
     api.pod("ns1", "p1", {"type": COND, "status": "True", "reason": "Allocated", "message": "vnis=4400"})
     c = dict(cxi_conf(cni_env, kubernetes={"kubeconfig": api.kubeconfig}), cniVersion="1.0.0",
              name="k8si", prevResult=PREV)
-    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
+    env = dict(os.environ, **cni_env.env, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
                CNI_NETNS=netns.path(pod), CNI_PATH=cni_env.bin, CNI_ARGS=k8s_args("ns1", "p1"))
     from cniutil import PY
     p = subprocess.run([PY, "-IS", "-X", "importtime", os.path.join(cni_env.bin, "cxi")],
