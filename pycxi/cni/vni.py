@@ -130,8 +130,11 @@ def release_local(rec, conf, log):
     goes to quarantine when no other attachment holds it any more."""
     if rec.get("vniSource") != SOURCE_LOCAL or not rec.get("vniKey"):
         return
-    la = rec.get("localAllocator") or (conf.local_allocator if conf is not None else None)
-    if not la:
+    la = rec.get("localAllocator")
+    if not la and conf is not None and conf.local_allocator is not None:
+        from pycxi.cni import node        # a record without the store's settings: the node's
+        la = node.apply(conf).local_allocator
+    if not la or not la.get("path"):
         log.warning(f"cannot release VNI key {rec.get('vniKey')!r}: no localAllocator configured")
         return
     store = local_store(la)
