@@ -95,14 +95,17 @@ def load(path=None):
         if la is not None:
             if not isinstance(la, dict) or set(la) - {"path", "ranges", "quarantine"}:
                 raise cfg._bad("localAllocator", "an object with path, ranges, quarantine is required")
-            from pycxi.vni.store import DEFAULT_DB, DEFAULT_QUARANTINE
-            q = la.get("quarantine", DEFAULT_QUARANTINE)
-            if not cfg._number(q) or q < 0:
+            q = la.get("quarantine")
+            if q is not None and (not cfg._number(q) or q < 0):
                 raise cfg._bad("localAllocator.quarantine", f"seconds >= 0 required, got {q!r}")
-            local = {"path": cfg.abs_path("localAllocator.path", la.get("path", DEFAULT_DB)),
+            path = la.get("path")
+            if path is not None:
+                cfg.abs_path("localAllocator.path", path)
+            # path/quarantine None: the store's defaults, filled in by local_settings() when
+            # the allocator is used (so the static path never imports pycxi.vni)
+            local = {"path": path, "quarantine": q,
                      "ranges": (cfg.parse_ranges("localAllocator.ranges", la["ranges"])
-                                if "ranges" in la else list(DEFAULT_LOCAL_RANGES)),
-                     "quarantine": q}
+                                if "ranges" in la else list(DEFAULT_LOCAL_RANGES))}
         kubeconfig = DEFAULT_KUBECONFIG
         k8s = doc.get("kubernetes")
         if k8s is not None:
@@ -121,6 +124,18 @@ def load(path=None):
                                f"{alo}-{ahi}: the allocator would hand a static network's VNI "
                                "to another pod")
     return NodePolicy(path, static, local, kubeconfig)
+
+
+def local_settings(policy):
+    """The node's local allocator with the defaults filled in (``pycxi vni``'s: one database
+    and one quarantine per node), or None when the policy does not enable it."""
+    if policy.local is None:
+        return None
+    from pycxi.vni.store import DEFAULT_DB, DEFAULT_QUARANTINE
+    la = policy.local
+    return {"path": la["path"] if la["path"] is not None else DEFAULT_DB,
+            "ranges": list(la["ranges"]),
+            "quarantine": la["quarantine"] if la["quarantine"] is not None else DEFAULT_QUARANTINE}
 
 
 def _within(lo, hi, ranges):
@@ -148,7 +163,7 @@ def apply(conf, policy=None):
         return conf                      # static wins: the other sources are not consulted
     la = conf.local_allocator
     if la is not None:
-        node = policy.local
+        node = local_settings(policy)
         if node is None:
             raise CniError(ERR_INVALID_CONFIG, "localAllocator is not enabled on this node",
                            f"the node policy {policy.path} has no localAllocator section")

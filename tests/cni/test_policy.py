@@ -185,7 +185,7 @@ def test_policy_defaults_for_the_local_allocator(tmp_path):
     from pycxi.cni import node
     from pycxi.vni import store
     p = node.load(write_node_conf(tmp_path / "n.json", {"localAllocator": {}}))
-    assert p.local == {"path": store.DEFAULT_DB, "ranges": [(1024, 65535)],
+    assert node.local_settings(p) == {"path": store.DEFAULT_DB, "ranges": [(1024, 65535)],
                        "quarantine": store.DEFAULT_QUARANTINE}
 
 
