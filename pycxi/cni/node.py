@@ -98,12 +98,12 @@ def load(path=None):
             q = la.get("quarantine")
             if q is not None and (not cfg._number(q) or q < 0):
                 raise cfg._bad("localAllocator.quarantine", f"seconds >= 0 required, got {q!r}")
-            path = la.get("path")
-            if path is not None:
-                cfg.abs_path("localAllocator.path", path)
+            db = la.get("path")
+            if db is not None:
+                cfg.abs_path("localAllocator.path", db)
             # path/quarantine None: the store's defaults, filled in by local_settings() when
             # the allocator is used (so the static path never imports pycxi.vni)
-            local = {"path": path, "quarantine": q,
+            local = {"path": db, "quarantine": q,
                      "ranges": (cfg.parse_ranges("localAllocator.ranges", la["ranges"])
                                 if "ranges" in la else list(DEFAULT_LOCAL_RANGES))}
         kubeconfig = DEFAULT_KUBECONFIG
