@@ -99,7 +99,7 @@ class Demo:
         # PYCXI_SIM_ROOT in the plugin's environment chooses the software device on purpose.
         self.node_conf = os.path.join(self.scratch, "cni-node.json")
         with open(self.node_conf, "w") as f:
-            json.dump({"localAllocator": {"path": self.db}}, f)
+            json.dump({"localAllocator": {"path": self.db}, "logDir": self.scratch}, f)
         step(f"software CXI device under {self.sim_root}; node policy {self.node_conf}")
         pycxi.device.sim_reset(1)
         bindir = os.path.join(self.scratch, "bin")

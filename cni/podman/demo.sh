@@ -54,7 +54,7 @@ CONF
 # 4. the node's policy: which static VNIs a network may name (the default, /etc/pycxi/cni-node.json,
 #    grants none); then two networks (two tenants), bridge then cxi with a static VNI each
 cat > "$SCRATCH/cni-node.json" <<POLICY
-{"staticVnis": [[$VNI_A, $VNI_A], [$VNI_B, $VNI_B]]}
+{"staticVnis": [[$VNI_A, $VNI_A], [$VNI_B, $VNI_B]], "logDir": "$SCRATCH"}
 POLICY
 export PYCXI_CNI_NODE_CONF=$SCRATCH/cni-node.json
 for n in a b; do

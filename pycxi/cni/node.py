@@ -11,7 +11,8 @@ environment (the runtime's: no network configuration or ``CNI_ARGS`` can set it)
 
     {"staticVnis": [[4096, 4199]],
      "localAllocator": {"ranges": [[1024, 4095]], "path": "/var/lib/pycxi/vni.db", "quarantine": 90},
-     "kubernetes": {"kubeconfig": "/etc/cni/net.d/cxi.d/cxi.kubeconfig"}}
+     "kubernetes": {"kubeconfig": "/etc/cni/net.d/cxi.d/cxi.kubeconfig"},
+     "logDir": "/var/log"}
 
 * ``staticVnis``: the ranges a network's ``vnis`` must lie in.  Absent: no static VNI at all.
 * ``localAllocator``: enables the embedded allocator; ``path`` and ``quarantine`` default to
@@ -20,6 +21,8 @@ environment (the runtime's: no network configuration or ``CNI_ARGS`` can set it)
   ranges, and may repeat ``path``/``quarantine`` only with the node's values.
 * ``kubernetes.kubeconfig``: the only kubeconfig a network may use (default
   :data:`DEFAULT_KUBECONFIG`, what the DaemonSet writes; ``null``: the in-cluster account).
+* ``logDir``: a network's ``logFile`` must lie in this directory (default ``/var/log``): the
+  plugin appends to it as root, with text a tenant partly controls (its unknown keys, say).
 
 A missing file is the Kubernetes default: VNIs only from the VNI service.  Static ranges and
 allocator ranges must not overlap (the allocator would hand a static network's VNI to a pod).
@@ -33,17 +36,20 @@ DEFAULT_PATH = "/etc/pycxi/cni-node.json"
 PATH_ENV = "PYCXI_CNI_NODE_CONF"
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/cxi.d/cxi.kubeconfig"
 DEFAULT_LOCAL_RANGES = [(1024, 65535)]
-_KEYS = frozenset(("staticVnis", "localAllocator", "kubernetes"))
+DEFAULT_LOG_DIR = "/var/log"
+_KEYS = frozenset(("staticVnis", "localAllocator", "kubernetes", "logDir"))
 
 
 class NodePolicy:
-    __slots__ = ("path", "static", "local", "kubeconfig")
+    __slots__ = ("path", "static", "local", "kubeconfig", "log_dir")
 
-    def __init__(self, path, static=(), local=None, kubeconfig=DEFAULT_KUBECONFIG):
+    def __init__(self, path, static=(), local=None, kubeconfig=DEFAULT_KUBECONFIG,
+                 log_dir=DEFAULT_LOG_DIR):
         self.path = path
         self.static = list(static)      # [(lo, hi)]; empty: no static VNI allowed
         self.local = local              # None or {"path", "ranges", "quarantine"}
         self.kubeconfig = kubeconfig
+        self.log_dir = log_dir
 
 
 def policy_path(environ=None):
@@ -114,6 +120,7 @@ def load(path=None):
             kubeconfig = k8s.get("kubeconfig", DEFAULT_KUBECONFIG)
             if kubeconfig is not None:
                 cfg.abs_path("kubernetes.kubeconfig", kubeconfig)
+        log_dir = cfg.abs_path("logDir", doc.get("logDir", DEFAULT_LOG_DIR))
     except CniError as exc:
         raise _bad(path, f"{exc.msg}: {exc.details}" if exc.details else exc.msg) from None
     if local is not None:
@@ -123,7 +130,19 @@ def load(path=None):
                     raise _bad(path, f"staticVnis {lo}-{hi} overlaps localAllocator.ranges "
                                f"{alo}-{ahi}: the allocator would hand a static network's VNI "
                                "to another pod")
-    return NodePolicy(path, static, local, kubeconfig)
+    return NodePolicy(path, static, local, kubeconfig, log_dir)
+
+
+def check_log_file(log_file, policy=None):
+    """Code 7 unless ``log_file`` (symlinks resolved) lies in the node's ``logDir``: under
+    Multus a tenant writes ``logFile``, and the plugin appends to it as root."""
+    policy = policy or load()
+    real = os.path.realpath(log_file)
+    top = os.path.realpath(policy.log_dir).rstrip("/") + "/"
+    if not real.startswith(top):
+        raise CniError(ERR_INVALID_CONFIG, f"invalid value for 'logFile': {log_file!r}",
+                       f"not in the node's log directory {policy.log_dir} "
+                       f"(logDir of the node policy {policy.path})")
 
 
 def local_settings(policy):

@@ -17,7 +17,9 @@ class PluginTimeout(CniError):
 def _make_log(conf):
     from pycxi.cni.log import Log, check_log_file
     if conf.log_file is not None:
-        why = check_log_file(conf.log_file)
+        from pycxi.cni import node
+        node.check_log_file(conf.log_file)      # where: the node's logDir only
+        why = check_log_file(conf.log_file)     # what: a regular file, not our stdout
         if why:
             from pycxi.cni.errors import ERR_INVALID_CONFIG
             raise CniError(ERR_INVALID_CONFIG, f"invalid value for 'logFile': {conf.log_file!r}", why)

@@ -75,7 +75,7 @@ def cni_env(tmp_path, sim, cni_bin):
     e.node_conf = write_node_conf(tmp_path / "cni-node.json", {
         "staticVnis": [[1, 4999]],
         "localAllocator": {"path": e.vni_db, "ranges": [[5000, 65535]], "quarantine": 0},
-        "kubernetes": {"kubeconfig": e.kubeconfig}})
+        "kubernetes": {"kubeconfig": e.kubeconfig}, "logDir": str(tmp_path)})
     e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"], "PYCXI_CNI_NODE_CONF": e.node_conf}
     return e
 

@@ -22,7 +22,8 @@ def nothing_left(cni_env):
 
 
 def policy(cni_env, doc, name="policy.json"):
-    """Point the plugin at a node policy of this test's own."""
+    """Point the plugin at a node policy of this test's own (logs in the test's directory)."""
+    doc = dict({"logDir": str(cni_env.tmp)}, **doc)
     cni_env.env["PYCXI_CNI_NODE_CONF"] = write_node_conf(cni_env.tmp / name, doc)
     return cni_env.env["PYCXI_CNI_NODE_CONF"]
 
@@ -58,16 +59,21 @@ def test_no_policy_file_grants_no_static_vni(cni_env, netns):
     static VNI and no local allocator; a network without VNI still gets its pass-through."""
     cni_env.env["PYCXI_CNI_NODE_CONF"] = str(cni_env.tmp / "absent.json")
     pod = netns.add()
-    rc, out, _ = plugin_call(cni_env, "ADD", net(cni_env, vnis=[1]), cid="n1",
-                             netns_path=netns.path(pod))
+
+    def conf(**kw):         # no logFile: the default logDir is /var/log
+        return {k: v for k, v in net(cni_env, **kw).items() if k != "logFile"}
+
+    rc, out, _ = plugin_call(cni_env, "ADD", conf(vnis=[1]), cid="n1", netns_path=netns.path(pod))
     assert rc == 1 and out["code"] == 7 and "staticVnis" in out["details"], out
-    rc, out, _ = plugin_call(cni_env, "ADD", net(cni_env, localAllocator={"key": "j"}), cid="n1",
+    rc, out, _ = plugin_call(cni_env, "ADD", conf(localAllocator={"key": "j"}), cid="n1",
                              netns_path=netns.path(pod))
     assert rc == 1 and out["code"] == 7 and "localAllocator is not enabled" in out["msg"], out
     assert nothing_left(cni_env) and not os.path.exists(cni_env.vni_db)
     rc, out, _ = plugin_call(cni_env, "ADD", net(cni_env), cid="n1", netns_path=netns.path(pod))
+    assert rc == 1 and out["code"] == 7 and "/var/log" in out["details"], out     # logFile
+    rc, out, _ = plugin_call(cni_env, "ADD", conf(), cid="n1", netns_path=netns.path(pod))
     assert rc == 0 and out == dict(PREV)
-    assert plugin_call(cni_env, "DEL", net(cni_env), cid="n1")[0] == 0
+    assert plugin_call(cni_env, "DEL", conf(), cid="n1")[0] == 0
 
 
 def test_policy_path_comes_from_the_environment_only(cni_env, netns):
@@ -234,6 +240,30 @@ def test_software_device_only_when_chosen(cni_env, netns):
     assert nothing_left(cni_env)
 
 
+def test_hostile_log_file_outside_the_log_dir_refused(cni_env, netns, tmp_path):
+    """The plugin appends to logFile as root, with text a tenant partly controls (its unknown
+    keys): a network may not point it at a file outside the node's logDir (a shell profile,
+    an authorized_keys).  Refused, and the file is untouched; a symlink out is no way round."""
+    outside = tmp_path.parent / f"{tmp_path.name}-victim"
+    outside.mkdir()
+    victim = outside / "profile"
+    victim.write_text("# mine\n")
+    policy(cni_env, {"staticVnis": [[4100, 4100]], "logDir": str(cni_env.tmp / "logs")})
+    os.mkdir(cni_env.tmp / "logs")
+    os.symlink(victim, cni_env.tmp / "logs" / "link.log")
+    pod = netns.add()
+    for target in (str(victim), str(cni_env.tmp / "logs" / "link.log"),
+                   str(cni_env.tmp / "logs" / ".." / "x.log")):
+        c = net(cni_env, vnis=[4100], logFile=target, logLevel="debug", **{"$(reboot)": 1})
+        rc, out, _ = plugin_call(cni_env, "ADD", c, cid="v1", netns_path=netns.path(pod))
+        assert rc == 1 and out["code"] == 7 and "log directory" in out["details"], out
+        assert victim.read_text() == "# mine\n"
+        assert nothing_left(cni_env)
+    c = net(cni_env, vnis=[4100], logFile=str(cni_env.tmp / "logs" / "cxi.log"))
+    assert plugin_call(cni_env, "ADD", c, cid="v1", netns_path=netns.path(pod))[0] == 0
+    assert plugin_call(cni_env, "DEL", c, cid="v1")[0] == 0
+
+
 # --- unknown keys, the plugin's stdout --------------------------------------------------------
 
 def test_unknown_keys_ignored_and_logged(cni_env, netns):
@@ -253,6 +283,7 @@ def test_unknown_keys_ignored_and_logged(cni_env, netns):
 def test_log_file_never_the_result_channel(cni_env, netns, tmp_path, target):
     """The result is JSON on stdout: a logFile that is stdout/stderr, a pipe, a tty or a device
     would corrupt it (or block).  Refused with code 7 before anything is done."""
+    policy(cni_env, {"staticVnis": [[4100, 4100]], "logDir": "/"})   # only the type check refuses
     pod = netns.add()
     extra = {}
     if target == "fifo":

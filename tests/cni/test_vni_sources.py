@@ -338,7 +338,8 @@ def test_unopenable_local_database_is_an_io_error(cni_env, netns, where):
     if where == "dir":
         os.mkdir(path)
     cni_env.env["PYCXI_CNI_NODE_CONF"] = write_node_conf(
-        cni_env.tmp / "p.json", {"localAllocator": {"path": path, "quarantine": 0}})
+        cni_env.tmp / "p.json", {"localAllocator": {"path": path, "quarantine": 0},
+                                 "logDir": str(cni_env.tmp)})
     pod = netns.add()
     c = dict(cxi_conf(cni_env, localAllocator={}), cniVersion="1.0.0", name="loc", prevResult=PREV)
     rc, out, _ = plugin_call(cni_env, "ADD", c, cid="d1", netns_path=netns.path(pod),
