@@ -76,7 +76,7 @@ class NetConf:
     __slots__ = ("cni_version", "name", "type", "prev_result", "runtime_config", "devices",
                  "vnis", "tcs", "limits", "data_dir", "local_allocator", "kubernetes",
                  "log_file", "log_level", "timeout", "destroy_retries", "destroy_retry_delay",
-                 "netns_method", "valid_attachments", "warnings", "raw")
+                 "netns_method", "valid_attachments", "warnings", "command", "raw")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -325,7 +325,7 @@ def parse_conf(stdin, command="ADD"):
                    data_dir=data_dir, local_allocator=local, kubernetes=k8s, log_file=log_file,
                    log_level=log_level, timeout=timeout, destroy_retries=retries,
                    destroy_retry_delay=float(delay), netns_method=method,
-                   valid_attachments=valid, warnings=warnings, raw=raw)
+                   valid_attachments=valid, warnings=warnings, command=command, raw=raw)
 
 
 def parse_cni_args(s):

@@ -261,7 +261,10 @@ def test_hostile_log_file_outside_the_log_dir_refused(cni_env, netns, tmp_path):
         assert nothing_left(cni_env)
     c = net(cni_env, vnis=[4100], logFile=str(cni_env.tmp / "logs" / "cxi.log"))
     assert plugin_call(cni_env, "ADD", c, cid="v1", netns_path=netns.path(pod))[0] == 0
-    assert plugin_call(cni_env, "DEL", c, cid="v1")[0] == 0
+    # DEL never fails over where to log (a refused DEL would leak the service): stderr only
+    rc, out, err = plugin_call(cni_env, "DEL", dict(c, logFile=str(victim)), cid="v1")
+    assert rc == 0 and "logFile ignored" in err, (out, err)
+    assert victim.read_text() == "# mine\n" and nothing_left(cni_env)
 
 
 # --- unknown keys, the plugin's stdout --------------------------------------------------------
