@@ -232,9 +232,9 @@ def cmd_add(conf, env, log):
     if conf.prev_result is None:
         raise CniError(ERR_INVALID_CONFIG, "cxi must be called as a chained plugin",
                        "prevResult is missing: put an interface plugin (bridge, flannel, ...) first")
-    # cni-config: what the network config may ask for is the node's call (pycxi.cni.node)
-    from pycxi.cni import node
-    node.apply(conf)
+    # cni-config: what the network config may ask for is the node's call (pycxi.cni.policy)
+    from pycxi.cni import policy
+    policy.apply(conf)
     inode = netns_inode(netns)
     store = st.StateStore(conf.data_dir, conf.name)
 

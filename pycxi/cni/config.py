@@ -11,7 +11,7 @@ config written for a newer plugin must not block every sandbox on the node.
 
 What grants a VNI is not decided here: ``vnis``, the local allocator's database, ranges and
 quarantine and the Kubernetes kubeconfig are checked against the node's own policy file
-(:mod:`pycxi.cni.node`), because under Multus a tenant writes this configuration.
+(:mod:`pycxi.cni.policy`), because under Multus a tenant writes this configuration.
 """
 from pycxi.cni.errors import (CniError, ERR_DECODE, ERR_INCOMPATIBLE_VERSION,
                               ERR_INVALID_CONFIG)
@@ -200,7 +200,7 @@ def abs_path(key, path):
 
 def _parse_local(v, warnings):
     """``path``, ``ranges`` and ``quarantine`` may be omitted (None): the node's policy file
-    sets them, and :func:`pycxi.cni.node.apply` refuses values that differ from it."""
+    sets them, and :func:`pycxi.cni.policy.apply` refuses values that differ from it."""
     _object("localAllocator", v, _LOCAL_KEYS, warnings)
     path = v.get("path")
     if path is not None:

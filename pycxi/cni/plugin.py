@@ -18,9 +18,9 @@ def _make_log(conf):
     from pycxi.cni.log import Log, check_log_file
     log_file = conf.log_file
     if log_file is not None:
-        from pycxi.cni import node
+        from pycxi.cni import policy
         try:
-            node.check_log_file(log_file)       # where: the node's logDir only
+            policy.check_log_file(log_file)       # where: the node's logDir only
             why = check_log_file(log_file)      # what: a regular file, not our stdout
             if why:
                 from pycxi.cni.errors import ERR_INVALID_CONFIG

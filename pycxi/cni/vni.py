@@ -13,7 +13,7 @@
 4. none of them: the pod gets no VNI, hence no service, and ADD succeeds.
 
 What a network configuration may ask for is checked first against the node's policy file
-(:mod:`pycxi.cni.node`).  The SQLite store and the Kubernetes lookup are imported only on the
+(:mod:`pycxi.cni.policy`).  The SQLite store and the Kubernetes lookup are imported only on the
 path that needs them.
 """
 from pycxi.cni.config import parse_cni_args
@@ -132,8 +132,8 @@ def release_local(rec, conf, log):
         return
     la = rec.get("localAllocator")
     if not la and conf is not None and conf.local_allocator is not None:
-        from pycxi.cni import node        # a record without the store's settings: the node's
-        la = node.apply(conf).local_allocator
+        from pycxi.cni import policy        # a record without the store's settings: the node's
+        la = policy.apply(conf).local_allocator
     if not la or not la.get("path"):
         log.warning(f"cannot release VNI key {rec.get('vniKey')!r}: no localAllocator configured")
         return
@@ -155,9 +155,9 @@ def gc_holders(conf, log):
     holder is left.  Only for a network that uses the local allocator."""
     if conf.local_allocator is None or conf.valid_attachments is None:
         return []
-    from pycxi.cni import node
+    from pycxi.cni import policy
     try:
-        node.apply(conf)
+        policy.apply(conf)
     except CniError as exc:
         log.warning(f"GC: local VNI holders not checked: {exc}")
         return []

@@ -78,7 +78,7 @@ def access_cmd(svc, vni, dev="cxi0"):
 
 
 def write_node_conf(path, doc):
-    """The node's policy file for the plugin (root-owned, 0644, as pycxi.cni.node requires)."""
+    """The node's policy file for the plugin (root-owned, 0644, as pycxi.cni.policy requires)."""
     path = str(path)
     with open(path, "w") as f:
         json.dump(doc, f)

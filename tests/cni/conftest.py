@@ -68,7 +68,7 @@ def cni_env(tmp_path, sim, cni_bin):
     e.ipam_dir = str(tmp_path / "ipam")
     e.cache_dir = str(tmp_path / "cni-cache")
     e.path = [cni_bin, DEBIAN_CNI]
-    # the node's policy (pycxi.cni.node): static VNIs below 5000, the local allocator above,
+    # the node's policy (pycxi.cni.policy): static VNIs below 5000, the local allocator above,
     # the stand-in API server's kubeconfig; tests of the policy itself write their own
     e.vni_db = str(tmp_path / "vni.db")
     e.kubeconfig = str(tmp_path / "kubeconfig.json")

@@ -1,4 +1,4 @@
-"""What a network configuration may not decide: the node's policy file (pycxi.cni.node), the
+"""What a network configuration may not decide: the node's policy file (pycxi.cni.policy), the
 explicit choice of the software device, and the plugin's own output channel.
 
 Under Multus a tenant writes the cxi plugin's network configuration (a NetworkAttachmentDefinition),
@@ -180,18 +180,18 @@ def test_policy_file_others_may_write_grants_nothing(cni_env, netns):
 
 def test_one_default_for_the_embedded_allocator():
     """`pycxi vni` and the plugin's localAllocator share one database and one quarantine."""
-    from pycxi.cni import node
+    from pycxi.cni import policy
     from pycxi.vni import cli, store
     assert cli.DEFAULT_DB == store.DEFAULT_DB == "/var/lib/pycxi/vni.db"
-    p = node.load(os.path.join(os.path.dirname(__file__), "no-such-file.json"))
-    assert p.local is None and p.static == [] and p.kubeconfig == node.DEFAULT_KUBECONFIG
+    p = policy.load(os.path.join(os.path.dirname(__file__), "no-such-file.json"))
+    assert p.local is None and p.static == [] and p.kubeconfig == policy.DEFAULT_KUBECONFIG
 
 
 def test_policy_defaults_for_the_local_allocator(tmp_path):
-    from pycxi.cni import node
+    from pycxi.cni import policy
     from pycxi.vni import store
-    p = node.load(write_node_conf(tmp_path / "n.json", {"localAllocator": {}}))
-    assert node.local_settings(p) == {"path": store.DEFAULT_DB, "ranges": [(1024, 65535)],
+    p = policy.load(write_node_conf(tmp_path / "n.json", {"localAllocator": {}}))
+    assert policy.local_settings(p) == {"path": store.DEFAULT_DB, "ranges": [(1024, 65535)],
                        "quarantine": store.DEFAULT_QUARANTINE}
 
 
