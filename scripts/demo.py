@@ -97,7 +97,7 @@ class Demo:
 
         # The node's policy (docs/cni.md): the local allocator, with the demo's database.
         # PYCXI_SIM_ROOT in the plugin's environment chooses the software device on purpose.
-        self.node_conf = os.path.join(self.scratch, "cni-node.json")
+        self.node_conf = os.path.join(self.scratch, "cni-policy.json")
         with open(self.node_conf, "w") as f:
             json.dump({"localAllocator": {"path": self.db}, "logDir": self.scratch}, f)
         step(f"software CXI device under {self.sim_root}; node policy {self.node_conf}")
@@ -110,7 +110,7 @@ class Demo:
         self.cnitool = CniTool([bindir, DEBIAN_CNI], os.path.join(self.scratch, "cache"),
                                exec_prefix=["ip", "netns", "exec", f"pycxi-demo-host-{self.tag}"],
                                extra_env={"PYCXI_SIM_ROOT": self.sim_root,
-                                          "PYCXI_CNI_NODE_CONF": self.node_conf})
+                                          "PYCXI_CNI_POLICY": self.node_conf})
         step("host-side namespace for the bridge, and four pods")
         self.add_netns(f"pycxi-demo-host-{self.tag}")
         for tenant, i in PODS:

@@ -51,12 +51,12 @@ events_logger = "file"
 runtime = "runc"
 CONF
 
-# 4. the node's policy: which static VNIs a network may name (the default, /etc/pycxi/cni-node.json,
+# 4. the node's policy: which static VNIs a network may name (the default, /etc/pycxi/cni-policy.json,
 #    grants none); then two networks (two tenants), bridge then cxi with a static VNI each
-cat > "$SCRATCH/cni-node.json" <<POLICY
+cat > "$SCRATCH/cni-policy.json" <<POLICY
 {"staticVnis": [[$VNI_A, $VNI_A], [$VNI_B, $VNI_B]], "logDir": "$SCRATCH"}
 POLICY
-export PYCXI_CNI_NODE_CONF=$SCRATCH/cni-node.json
+export PYCXI_CNI_POLICY=$SCRATCH/cni-policy.json
 for n in a b; do
     vni=$([ $n = a ] && echo $VNI_A || echo $VNI_B)
     sub=$([ $n = a ] && echo 71 || echo 72)

@@ -6,7 +6,7 @@ local allocator's database, ranges and quarantine, and the kubeconfig of the Kub
 (a kubeconfig names the API server that says which VNI a pod has) are allowed only as this
 root-owned, node-local file says.
 
-The file is :data:`DEFAULT_PATH`, or ``$PYCXI_CNI_NODE_CONF`` in the plugin's own process
+The file is :data:`DEFAULT_PATH`, or ``$PYCXI_CNI_POLICY`` in the plugin's own process
 environment (the runtime's: no network configuration or ``CNI_ARGS`` can set it).  JSON::
 
     {"staticVnis": [[4096, 4199]],
@@ -32,8 +32,8 @@ import os
 
 from pycxi.cni.errors import CniError, ERR_INVALID_CONFIG, ERR_IO
 
-DEFAULT_PATH = "/etc/pycxi/cni-node.json"
-PATH_ENV = "PYCXI_CNI_NODE_CONF"
+DEFAULT_PATH = "/etc/pycxi/cni-policy.json"
+PATH_ENV = "PYCXI_CNI_POLICY"
 DEFAULT_KUBECONFIG = "/etc/cni/net.d/cxi.d/cxi.kubeconfig"
 DEFAULT_LOCAL_RANGES = [(1024, 65535)]
 DEFAULT_LOG_DIR = "/var/log"

@@ -72,11 +72,11 @@ def cni_env(tmp_path, sim, cni_bin):
     # the stand-in API server's kubeconfig; tests of the policy itself write their own
     e.vni_db = str(tmp_path / "vni.db")
     e.kubeconfig = str(tmp_path / "kubeconfig.json")
-    e.node_conf = write_node_conf(tmp_path / "cni-node.json", {
+    e.node_conf = write_node_conf(tmp_path / "cni-policy.json", {
         "staticVnis": [[1, 4999]],
         "localAllocator": {"path": e.vni_db, "ranges": [[5000, 65535]], "quarantine": 0},
         "kubernetes": {"kubeconfig": e.kubeconfig}, "logDir": str(tmp_path)})
-    e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"], "PYCXI_CNI_NODE_CONF": e.node_conf}
+    e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"], "PYCXI_CNI_POLICY": e.node_conf}
     return e
 
 

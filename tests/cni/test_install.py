@@ -65,14 +65,14 @@ def test_shipped_conflists_parse(name, conflist):
 
 @pytest.mark.parametrize("name,conflist", _cxi_entries(), ids=lambda x: x if isinstance(x, str) else "")
 def test_shipped_conflists_allowed_by_the_example_node_policy(name, conflist):
-    """Each example asks only for what cni/examples/cni-node.json (or, for the Kubernetes ones,
+    """Each example asks only for what cni/examples/cni-policy.json (or, for the Kubernetes ones,
     the default policy: no file) grants, and uses a cniVersion every plugin it chains speaks
     (asked from the installed plugins themselves: Debian's bridge 1.1.1 refuses 1.1.0)."""
     from pycxi.cni import policy
     [entry] = [p for p in conflist["plugins"] if p["type"] == "cxi"]
     conf = parse_conf(json.dumps(dict(entry, cniVersion=conflist["cniVersion"],
                                       name=conflist["name"])).encode())
-    pol = policy.load(os.path.join(CNI, "examples", "cni-node.json"))
+    pol = policy.load(os.path.join(CNI, "examples", "cni-policy.json"))
     policy.apply(conf, pol)
     for p in conflist["plugins"]:
         exe = os.path.join("/usr/lib/cni", p["type"])

@@ -24,8 +24,8 @@ def nothing_left(cni_env):
 def policy(cni_env, doc, name="policy.json"):
     """Point the plugin at a node policy of this test's own (logs in the test's directory)."""
     doc = dict({"logDir": str(cni_env.tmp)}, **doc)
-    cni_env.env["PYCXI_CNI_NODE_CONF"] = write_node_conf(cni_env.tmp / name, doc)
-    return cni_env.env["PYCXI_CNI_NODE_CONF"]
+    cni_env.env["PYCXI_CNI_POLICY"] = write_node_conf(cni_env.tmp / name, doc)
+    return cni_env.env["PYCXI_CNI_POLICY"]
 
 
 def net(cni_env, name="tenant", **kw):
@@ -57,7 +57,7 @@ def test_hostile_static_vni_refused(cni_env, netns):
 def test_no_policy_file_grants_no_static_vni(cni_env, netns):
     """Without the node file (a Kubernetes node: VNIs come from the VNI service only), no
     static VNI and no local allocator; a network without VNI still gets its pass-through."""
-    cni_env.env["PYCXI_CNI_NODE_CONF"] = str(cni_env.tmp / "absent.json")
+    cni_env.env["PYCXI_CNI_POLICY"] = str(cni_env.tmp / "absent.json")
     pod = netns.add()
 
     def conf(**kw):         # no logFile: the default logDir is /var/log
@@ -82,9 +82,9 @@ def test_policy_path_comes_from_the_environment_only(cni_env, netns):
     own = write_node_conf(cni_env.tmp / "mine.json", {"staticVnis": [[1, 65535]]})
     policy(cni_env, {"staticVnis": [[4100, 4100]]})
     pod = netns.add()
-    c = net(cni_env, vnis=[3002], nodeConf=own, PYCXI_CNI_NODE_CONF=own)
+    c = net(cni_env, vnis=[3002], nodeConf=own, PYCXI_CNI_POLICY=own)
     rc, out, _ = plugin_call(cni_env, "ADD", c, cid="e1", netns_path=netns.path(pod),
-                             args=f"IgnoreUnknown=1;PYCXI_CNI_NODE_CONF={own}")
+                             args=f"IgnoreUnknown=1;PYCXI_CNI_POLICY={own}")
     assert rc == 1 and out["code"] == 7, out
     assert nothing_left(cni_env)
 
@@ -155,7 +155,7 @@ def test_bad_policy_file_refused(cni_env, netns, doc, why):
     path = str(cni_env.tmp / "bad.json")
     with open(path, "w") as f:
         f.write(doc if isinstance(doc, str) else json.dumps(doc))
-    cni_env.env["PYCXI_CNI_NODE_CONF"] = path
+    cni_env.env["PYCXI_CNI_POLICY"] = path
     pod = netns.add()
     rc, out, _ = plugin_call(cni_env, "ADD", net(cni_env, vnis=[5001]), cid="b1",
                              netns_path=netns.path(pod))

@@ -337,7 +337,7 @@ def test_unopenable_local_database_is_an_io_error(cni_env, netns, where):
     path = str(cni_env.tmp / "dbdir") if where == "dir" else where
     if where == "dir":
         os.mkdir(path)
-    cni_env.env["PYCXI_CNI_NODE_CONF"] = write_node_conf(
+    cni_env.env["PYCXI_CNI_POLICY"] = write_node_conf(
         cni_env.tmp / "p.json", {"localAllocator": {"path": path, "quarantine": 0},
                                  "logDir": str(cni_env.tmp)})
     pod = netns.add()
