@@ -19,8 +19,9 @@ environment (the runtime's: no network configuration or ``CNI_ARGS`` can set it)
   :data:`pycxi.vni.store.DEFAULT_DB` / ``DEFAULT_QUARANTINE`` (the ``pycxi vni`` defaults), ``ranges``
   to 1024-65535.  Absent: a network's ``localAllocator`` is refused.  A network may narrow the
   ranges, and may repeat ``path``/``quarantine`` only with the node's values.
-* ``kubernetes.kubeconfig``: the only kubeconfig a network may use (default
-  :data:`DEFAULT_KUBECONFIG`, what the DaemonSet writes; ``null``: the in-cluster account).
+* ``kubernetes.kubeconfig``: the only kubeconfig a network may use (``null``: the in-cluster
+  account).  Default: :data:`DEFAULT_KUBECONFIGS`, where the DaemonSet writes it
+  (``<CNI conf dir>/cxi.d/cxi.kubeconfig`` for the standard and k3s conf dirs, both root's).
 * ``logDir``: a network's ``logFile`` must lie in this directory (default ``/var/log``): the
   plugin appends to it as root, with text a tenant partly controls (its unknown keys, say).
 
@@ -34,22 +35,33 @@ from pycxi.cni.errors import CniError, ERR_INVALID_CONFIG, ERR_IO
 
 DEFAULT_PATH = "/etc/pycxi/cni-policy.json"
 PATH_ENV = "PYCXI_CNI_POLICY"
-DEFAULT_KUBECONFIG = "/etc/cni/net.d/cxi.d/cxi.kubeconfig"
+# <conf dir>/cxi.d/cxi.kubeconfig for pycxi.cni.install's DEFAULT_CONF_DIR and K3S_CONF_DIR
+DEFAULT_KUBECONFIGS = ("/etc/cni/net.d/cxi.d/cxi.kubeconfig",
+                       "/var/lib/rancher/k3s/agent/etc/cni/net.d/cxi.d/cxi.kubeconfig")
+DEFAULT_KUBECONFIG = DEFAULT_KUBECONFIGS[0]
 DEFAULT_LOCAL_RANGES = [(1024, 65535)]
 DEFAULT_LOG_DIR = "/var/log"
 _KEYS = frozenset(("staticVnis", "localAllocator", "kubernetes", "logDir"))
 
 
 class NodePolicy:
-    __slots__ = ("path", "static", "local", "kubeconfig", "log_dir")
+    __slots__ = ("path", "static", "local", "kubeconfigs", "log_dir")
 
-    def __init__(self, path, static=(), local=None, kubeconfig=DEFAULT_KUBECONFIG,
+    def __init__(self, path, static=(), local=None, kubeconfigs=DEFAULT_KUBECONFIGS,
                  log_dir=DEFAULT_LOG_DIR):
         self.path = path
         self.static = list(static)      # [(lo, hi)]; empty: no static VNI allowed
         self.local = local              # None or {"path", "ranges", "quarantine"}
-        self.kubeconfig = kubeconfig
+        self.kubeconfigs = tuple(kubeconfigs)   # the ones a network may use
         self.log_dir = log_dir
+
+    @property
+    def kubeconfig(self):
+        """The kubeconfig of a network that names none: the first one present."""
+        for kc in self.kubeconfigs:
+            if kc is None or os.path.exists(kc):
+                return kc
+        return self.kubeconfigs[0]
 
 
 def policy_path(environ=None):
@@ -112,14 +124,15 @@ def load(path=None):
             local = {"path": db, "quarantine": q,
                      "ranges": (cfg.parse_ranges("localAllocator.ranges", la["ranges"])
                                 if "ranges" in la else list(DEFAULT_LOCAL_RANGES))}
-        kubeconfig = DEFAULT_KUBECONFIG
+        kubeconfigs = DEFAULT_KUBECONFIGS
         k8s = doc.get("kubernetes")
         if k8s is not None:
             if not isinstance(k8s, dict) or set(k8s) - {"kubeconfig"}:
                 raise cfg._bad("kubernetes", "an object with kubeconfig is required")
-            kubeconfig = k8s.get("kubeconfig", DEFAULT_KUBECONFIG)
-            if kubeconfig is not None:
-                cfg.abs_path("kubernetes.kubeconfig", kubeconfig)
+            if "kubeconfig" in k8s:
+                kubeconfigs = (k8s["kubeconfig"],)
+                if k8s["kubeconfig"] is not None:
+                    cfg.abs_path("kubernetes.kubeconfig", k8s["kubeconfig"])
         log_dir = cfg.abs_path("logDir", doc.get("logDir", DEFAULT_LOG_DIR))
     except CniError as exc:
         raise _bad(path, f"{exc.msg}: {exc.details}" if exc.details else exc.msg) from None
@@ -130,7 +143,7 @@ def load(path=None):
                     raise _bad(path, f"staticVnis {lo}-{hi} overlaps localAllocator.ranges "
                                f"{alo}-{ahi}: the allocator would hand a static network's VNI "
                                "to another pod")
-    return NodePolicy(path, static, local, kubeconfig, log_dir)
+    return NodePolicy(path, static, local, kubeconfigs, log_dir)
 
 
 def check_log_file(log_file, policy=None):
@@ -204,10 +217,14 @@ def apply(conf, policy=None):
                                 "quarantine": node["quarantine"], "key": la["key"]}
         return conf
     k8s = conf.kubernetes
-    if k8s["kubeconfig"] is not None and k8s["kubeconfig"] != policy.kubeconfig:
-        raise CniError(ERR_INVALID_CONFIG,
-                       f"kubernetes.kubeconfig {k8s['kubeconfig']!r} is not the node's",
-                       f"the node policy {policy.path} allows only {policy.kubeconfig!r}; "
-                       "omit it from the network configuration")
-    conf.kubernetes = dict(k8s, kubeconfig=policy.kubeconfig)
+    if k8s["kubeconfig"] is not None:
+        if k8s["kubeconfig"] not in policy.kubeconfigs:
+            raise CniError(ERR_INVALID_CONFIG,
+                           f"kubernetes.kubeconfig {k8s['kubeconfig']!r} is not the node's",
+                           f"the node policy {policy.path} allows only "
+                           f"{', '.join(map(repr, policy.kubeconfigs))}; "
+                           "omit it from the network configuration")
+        conf.kubernetes = dict(k8s)
+    else:
+        conf.kubernetes = dict(k8s, kubeconfig=policy.kubeconfig)
     return conf

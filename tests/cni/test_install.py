@@ -67,13 +67,15 @@ def test_shipped_conflists_parse(name, conflist):
 def test_shipped_conflists_allowed_by_the_example_node_policy(name, conflist):
     """Each example asks only for what cni/examples/cni-policy.json (or, for the Kubernetes ones,
     the default policy: no file) grants, and uses a cniVersion every plugin it chains speaks
-    (asked from the installed plugins themselves: Debian's bridge 1.1.1 refuses 1.1.0)."""
+    (asked from Debian's installed plugins themselves: its bridge 1.1.1 refuses 1.1.0)."""
     from pycxi.cni import policy
     [entry] = [p for p in conflist["plugins"] if p["type"] == "cxi"]
     conf = parse_conf(json.dumps(dict(entry, cniVersion=conflist["cniVersion"],
                                       name=conflist["name"])).encode())
     pol = policy.load(os.path.join(CNI, "examples", "cni-policy.json"))
     policy.apply(conf, pol)
+    if name.startswith("k3s/"):
+        return          # k3s runs its own bundled plugins (1.1.0), not Debian's
     for p in conflist["plugins"]:
         exe = os.path.join("/usr/lib/cni", p["type"])
         if p["type"] == "cxi" or not os.access(exe, os.X_OK):

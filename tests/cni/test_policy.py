@@ -184,7 +184,11 @@ def test_one_default_for_the_embedded_allocator():
     from pycxi.vni import cli, store
     assert cli.DEFAULT_DB == store.DEFAULT_DB == "/var/lib/pycxi/vni.db"
     p = policy.load(os.path.join(os.path.dirname(__file__), "no-such-file.json"))
-    assert p.local is None and p.static == [] and p.kubeconfig == policy.DEFAULT_KUBECONFIG
+    assert p.local is None and p.static == [] and p.kubeconfigs == policy.DEFAULT_KUBECONFIGS
+    # where the installer writes it: <conf dir>/cxi.d/cxi.kubeconfig, standard and k3s
+    from pycxi.cni import install
+    assert policy.DEFAULT_KUBECONFIGS == tuple(f"{d}/cxi.d/cxi.kubeconfig" for d in (
+        install.DEFAULT_CONF_DIR, install.K3S_CONF_DIR))
 
 
 def test_policy_defaults_for_the_local_allocator(tmp_path):
