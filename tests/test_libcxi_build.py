@@ -438,3 +438,21 @@ def test_svc_calls_missing_from_a_release_are_weak(hpe_builds):
             refs = [l.split() for l in nm.stdout.splitlines() if l.split()[-1].split("@")[0] == fn]
             assert len(refs) == 1 and refs[0][0] == "w", (name, fn, nm.stdout)
             assert ("@LIBCXI_" in refs[0][-1]) == versioned, (name, refs)
+
+
+def test_build_script_bad_input_fails_clearly(tmp_path):
+    """scripts/build-hpe-libcxi.sh: usage, no source directory, missing tarballs, an unknown
+    option: each a one-line reason and exit 2, nothing installed."""
+    def run(*args, **env):
+        return subprocess.run([BUILD_SCRIPT, *args], capture_output=True, text=True, timeout=60,
+                              env=clean_env(PATH=os.environ["PATH"], **env))
+    prefix = tmp_path / "prefix"
+    r = run("only-one-arg")
+    assert r.returncode == 2 and r.stderr.startswith("usage: ")
+    r = run("-", "13.1.0", str(prefix))
+    assert r.returncode == 2 and "pass SRC_DIR or set PYCXI_HPE_SRC" in r.stderr
+    r = run(str(tmp_path), "13.1.0", str(prefix))
+    assert r.returncode == 2 and f"missing {tmp_path}/shs-libcxi-13.1.0.tar.gz" in r.stderr
+    r = run("-", "13.1.0", str(prefix), "--bogus", PYCXI_HPE_SRC=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("usage: ")
+    assert not prefix.exists()
