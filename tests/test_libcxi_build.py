@@ -336,11 +336,19 @@ def _build_hpe_libcxi(name, cache):
         if patched:
             cmd += ["--driver-patches", os.path.join(REPO, "patches", "shs-cxi-driver", f"release-shs-{release}"),
                     "--libcxi-patches", os.path.join(REPO, "patches", "shs-libcxi", f"release-shs-{release}")]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                           env=clean_env(JOBS="1", PATH=os.environ["PATH"]))
-        if r.returncode != 0:
+        # its own process group, so that a timeout stops make and the compilers too
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, env=clean_env(JOBS="1", PATH=os.environ["PATH"]))
+        try:
+            out, _ = p.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.communicate()
             shutil.rmtree(prefix, ignore_errors=True)
-            raise AssertionError(f"libcxi {name} did not build:\n{(r.stdout + r.stderr)[-4000:]}")
+            raise AssertionError(f"libcxi {name}: no build within 20 minutes")
+        if p.returncode != 0:
+            shutil.rmtree(prefix, ignore_errors=True)
+            raise AssertionError(f"libcxi {name} did not build:\n{out[-4000:]}")
         open(os.path.join(prefix, ".complete"), "w").close()
         return prefix, "built"
 
