@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc pkg-config openssl iproute2 util-linux procps containernetworking-plugins podman runc
-              busybox-static iputils-ping hyperfine containerd)
+              busybox-static iputils-ping hyperfine containerd
+              # HPE's libcxi (scripts/build-hpe-libcxi.sh; tests/test_libcxi_build.py)
+              build-essential git autoconf automake libtool libconfig-dev libuv1-dev libfuse-dev
+              libyaml-dev libnl-3-dev libnl-genl-3-dev libnuma-dev libsensors-dev libcriterion-dev)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

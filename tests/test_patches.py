@@ -7,7 +7,11 @@ ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2). Th
 driver series continues with 0003, which lets two exact-VNI RX/TX profiles overlap (the rule
 of upstream fd6adba, §a.4), so that several pods of one job can each have a service on the
 job's VNI on one node, and ends with 0004, which makes C_PID_ANY skip the PIDs that domains
-of any profile use on the VNI (and clears the chosen PID on failure).
+of any profile use on the VNI (and clears the chosen PID on failure), and 0005, which gives
+the implicit exact-VNI profile (cxi_dev_get_rx/tx_profile) only to root in the initial network
+namespace, so that a container's root no longer gets any VNI without a profile. SHS 14.0.0
+gets the overlap rule (0001) and the same root patch (0002). 12.0.2 has no profiles, hence no
+implicit one: a test reads the tag to show that.
 
 If bare upstream snapshots exist (``$PYCXI_UPSTREAM_MIRRORS``, default ``/work/.mirror``,
 laid out as ``HewlettPackard+<repo>/repo``), each series is also checked with
@@ -44,8 +48,20 @@ SERIES = {
             "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c",
             "drivers/net/ethernet/hpe/ss1/cass_rmu.c",
             "drivers/net/ethernet/hpe/ss1/cxi_rx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_tx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.h",
         },
         "ops": True,
+    },
+    ("shs-cxi-driver", "release-shs-14.0.0"): {
+        "files": {
+            "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.h",
+            "drivers/net/ethernet/hpe/ss1/cxi_rx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/cxi_tx_profile.c",
+            "drivers/net/ethernet/hpe/ss1/tests/test_service.c",
+        },
+        "ops": False,
     },
     ("shs-cxi-driver", "release-shs-12.0.2"): {
         "files": {DRV12_ABI, "cxi/cass_svc.c"},
@@ -208,21 +224,25 @@ def test_driver_13_netns_entries_take_value_from_descriptor_and_grant_only():
 
 DRV13_OVERLAP = "0003-cxi-allow-two-exact-VNI-profiles-to-overlap.patch"
 DRV13_PID_ANY = "0004-cxi-choose-any-PID-across-all-profiles-of-a-VNI.patch"
+DRV_ROOT = "NNNN-cxi-give-implicit-profiles-only-to-root-in-the-initi.patch"
+TXP = "drivers/net/ethernet/hpe/ss1/cxi_tx_profile.c"
+RXTX_H = "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.h"
 RXTX = "drivers/net/ethernet/hpe/ss1/cxi_rxtx_profile.c"
 RMU = "drivers/net/ethernet/hpe/ss1/cass_rmu.c"
 RXP = "drivers/net/ethernet/hpe/ss1/cxi_rx_profile.c"
 TEST_SVC = "drivers/net/ethernet/hpe/ss1/tests/test_service.c"
 
 
-def test_driver_13_series_is_netns_then_exact_vni_overlap_then_pid_any():
+def test_driver_13_series_is_netns_then_exact_vni_overlap_then_pid_any_then_root():
     names = [os.path.basename(p) for p in _series("shs-cxi-driver", "release-shs-13.1.0")]
-    assert len(names) == 4 and names[2] == DRV13_OVERLAP and names[3] == DRV13_PID_ANY, names
+    assert len(names) == 5 and names[2] == DRV13_OVERLAP and names[3] == DRV13_PID_ANY, names
+    assert names[4] == DRV_ROOT.replace("NNNN", "0005"), names
     subjects = [[l for l in _read(p).splitlines()[:8] if l.startswith("Subject: ")][0]
                 for p in _series("shs-cxi-driver", "release-shs-13.1.0")]
-    assert all(f"[PATCH {i}/4]" in s for i, s in enumerate(subjects, 1)), subjects
+    assert all(f"[PATCH {i}/5]" in s for i, s in enumerate(subjects, 1)), subjects
     text = _read(_series("shs-cxi-driver", "release-shs-13.1.0")[2])
     head = text.partition("\n---\n")[0]
-    assert "Subject: [PATCH 3/4] cxi: allow two exact-VNI profiles to overlap" in head
+    assert "Subject: [PATCH 3/5] cxi: allow two exact-VNI profiles to overlap" in head
     # the description says why (one service per pod), names the upstream rule and what stays refused
     flat = " ".join(head.split())
     assert "fd6adba" in flat and "EEXIST" in flat and "pod" in flat
@@ -241,7 +261,7 @@ def _after(text, path):
 def test_driver_13_pid_any_skips_pids_of_other_profiles_and_clears_the_chosen_pid():
     text = _read(os.path.join(PATCHES, "shs-cxi-driver", "release-shs-13.1.0", DRV13_PID_ANY))
     head = text.partition("\n---\n")[0]
-    assert "Subject: [PATCH 4/4] cxi: choose any PID across all profiles of a VNI" in head
+    assert "Subject: [PATCH 4/5] cxi: choose any PID across all profiles of a VNI" in head
     flat = " ".join(head.split())
     assert "C_PID_ANY" in flat and "EEXIST" in flat and "pod" in flat and "ENOSPC" in flat
     assert "cxi_domain_reserve()" in flat  # says what stays as it was (reserved PIDs)
@@ -293,6 +313,67 @@ def test_driver_13_overlap_allowed_only_between_two_exact_vnis():
     assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
     assert body.rstrip().endswith("return -EEXIST;")
     assert body.count("return 0;") == 3
+
+
+ROOT_SERIES = [("release-shs-13.1.0", 5, 5), ("release-shs-14.0.0", 2, 2)]
+
+
+def _root_patch(tagdir, n):
+    return os.path.join(PATCHES, "shs-cxi-driver", tagdir, DRV_ROOT.replace("NNNN", f"{n:04d}"))
+
+
+def _host_root_helper(header):
+    m = re.search(r"\nstatic inline bool cxi_profile_host_root\(void\)\n\{\n(.*?)\n\}\n", header, re.S)
+    assert m, "cxi_profile_host_root() not added"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("tagdir,n,total", ROOT_SERIES)
+def test_driver_root_patch_limits_implicit_profiles_to_the_initial_netns(tagdir, n, total):
+    """Issue 13 §1: a container's root (global euid 0) got an implicit exact-VNI profile for
+    any VNI without one.  The patch keeps that for root in init_net only, and makes root
+    elsewhere match no UID entry (so not the UID-0 entry of an implicit profile either)."""
+    text = _read(_root_patch(tagdir, n))
+    head = text.partition("\n---\n")[0]
+    assert (f"Subject: [PATCH {n}/{total}] cxi: give implicit profiles only to root in the "
+            "initial\n network namespace") in head
+    flat = " ".join(head.split())
+    for words in ("container's root", "init_net", "-ENOENT", "kcxi", "cxi_valid_vni()",
+                  "(uid_t)-1", "every traffic class"):
+        assert words in flat, words
+    assert SIGNOFF in head.splitlines()
+    assert set(_diffs(text)) == {RXP, TXP, RXTX, RXTX_H}
+    helper = _host_root_helper(_after(text, RXTX_H))
+    # global euid 0 *and* the initial network namespace; an exiting task (no nsproxy) is not root
+    assert "!__kuid_val(current_euid())" in helper and "nsproxy->net_ns == &init_net" in helper
+    assert "nsproxy &&" in helper
+    caller = re.search(r"static inline uid_t cxi_profile_caller_uid\(void\)\n\{\n(.*?)\n\}",
+                       _after(text, RXTX_H), re.S).group(1)
+    assert "if (!uid && !cxi_profile_host_root())\n\t\treturn (uid_t)-1;" in caller
+    for path in (RXP, TXP):
+        removed = [l for h in _hunks(text, path) for l in h if l.startswith("-")]
+        after = _after(text, path)
+        # the root test of the get function and the uid of the find function are replaced
+        assert "-\tif (__kuid_val(current_euid())) {" in removed, path
+        assert "\tif (!cxi_profile_host_root()) {" in after, path
+        assert "-\tuid_t uid = __kuid_val(current_euid());" in removed, path
+        assert "\tuid_t uid = cxi_profile_caller_uid();" in after, path
+    assert "\t\t\t.uid = cxi_profile_caller_uid()," in _after(text, RXTX)  # cxi_valid_vni()
+
+
+def test_driver_14_0_0_series_is_exact_vni_overlap_then_root():
+    names = [os.path.basename(p) for p in _series("shs-cxi-driver", "release-shs-14.0.0")]
+    assert names == ["0001-cxi-allow-two-exact-VNI-profiles-to-overlap.patch",
+                     DRV_ROOT.replace("NNNN", "0002")], names
+    text = _read(_series("shs-cxi-driver", "release-shs-14.0.0")[0])
+    head = text.partition("\n---\n")[0]
+    assert "Subject: [PATCH 1/2] cxi: allow two exact-VNI profiles to overlap" in head
+    flat = " ".join(head.split())
+    assert "fd6adba" in flat and "release/shs-14.0.1" in flat and "EEXIST" in flat
+    assert set(_diffs(text)) == {RXTX, TEST_SVC}
+    body = _vni_overlap_test_body(_after(text, RXTX))
+    assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
+    assert body.rstrip().endswith("return -EEXIST;")
 
 
 def _struct_fields(lines, name):
@@ -421,7 +502,17 @@ def test_series_applies_with_git_apply_check_on_its_tag(component, tagdir, tmp_p
         chk = subprocess.run(["git", "apply", "--check", p], cwd=tree, capture_output=True, text=True)
         assert chk.returncode == 0, f"{os.path.basename(p)} does not apply to {tag}:\n{chk.stderr}"
         subprocess.run(["git", "apply", p], cwd=tree, check=True)
-    if component == "shs-cxi-driver":
+    if (component, tagdir) in (("shs-cxi-driver", t) for t, _, _ in ROOT_SERIES):
+        for path in (RXP, TXP):
+            src = (tree / path).read_text()
+            # no root test on the euid alone is left; both profile kinds use the helpers
+            assert "if (__kuid_val(current_euid())) {" not in src, path
+            assert "if (!cxi_profile_host_root()) {" in src and "cxi_profile_caller_uid()" in src
+        assert "__kuid_val(current_euid())" not in (tree / RXTX).read_text()
+        _host_root_helper((tree / RXTX_H).read_text())
+        body = _vni_overlap_test_body((tree / RXTX).read_text())
+        assert "if (!old->ignore && !new->ignore)\n\t\treturn 0;" in body
+    if component == "shs-cxi-driver" and tagdir != "release-shs-14.0.0":
         abi = (tree / (DRV13_ABI if "13.1" in tag else DRV12_ABI)).read_text()
         members = _enum_values(abi, "cxi_svc_member_type")
         assert members["CXI_SVC_MEMBER_NET_NS"] == 3 and members["CXI_SVC_MEMBER_MAX"] == 4
@@ -437,3 +528,34 @@ def test_series_applies_with_git_apply_check_on_its_tag(component, tagdir, tmp_p
             assert ops["CXI_OP_SVC_SET_NETNS"] == 84
             assert ops["CXI_OP_SVC_GET_NETNS"] == 85
             assert ops["CXI_OP_MAX"] == 86
+
+
+def test_driver_12_has_no_implicit_root_profile(tmp_path):
+    """Why 12.0.2 gets no root patch: its driver has no RX/TX profiles in the access path
+    and no rule for root.  Domains (cass_rmu.c) and CPs (cass_cpt.c) are checked against
+    the LNI's service only, and the LNI against the service's members (valid_svc_user(),
+    the one place that reads the caller's euid for access).  Read from the tag itself."""
+    comp, tag = "shs-cxi-driver", "release/shs-12.0.2"
+    if not shutil.which("git") or not os.path.isdir(_mirror(comp)):
+        pytest.skip(f"no upstream snapshot of HewlettPackard/{comp} at {_mirror(comp)}")
+    git = ["git", "--git-dir", _mirror(comp)]
+    grep = subprocess.run(git + ["grep", "-n", "-E", r"current_euid|current_uid|GLOBAL_ROOT_UID|uid_eq",
+                                 tag, "--", "cxi/*.c", ":!cxi/tests"],
+                          capture_output=True, text=True)
+    hits = [l.split(":")[1] for l in grep.stdout.splitlines()]
+    # the member check, and the Ethernet driver naming its own service's uid member
+    assert sorted(set(hits)) == ["cxi/cass_svc.c", "cxi/cxi_eth_ops.c"], grep.stdout
+    svc = subprocess.run(git + ["show", f"{tag}:cxi/cass_svc.c"], capture_output=True,
+                         text=True, check=True).stdout
+    fn = re.search(r"\nbool valid_svc_user\(const struct cxi_svc_priv \*svc_priv\)\n\{\n(.*?)\n\}\n",
+                   svc, re.S).group(1)
+    assert "current_euid()" in fn and "uid_eq(svc_euid, cur_euid)" in fn  # no root exception
+    # no implicit profile: nothing allocates an RX/TX profile outside configfs/services
+    grep = subprocess.run(git + ["grep", "-l", "-E", r"cxi_dev_get_(rx|tx)_profile\(", tag, "--", "cxi"],
+                          capture_output=True, text=True)
+    assert grep.stdout == "", grep.stdout
+    for f, call in (("cxi/cass_cpt.c", "valid_svc_vni(svc_priv, vni_pcp)"),
+                    ("cxi/cass_lni.c", "valid_svc_user(svc_priv)")):
+        src = subprocess.run(git + ["show", f"{tag}:{f}"], capture_output=True, text=True,
+                             check=True).stdout
+        assert call in src, f
