@@ -2091,8 +2091,16 @@ static int get_profile(struct sim_file *f, unsigned int vni,
 		       const struct creds *c, int is_tx)
 {
 	struct sim_state *st = &f->st;
+	struct creds pc = *c;
 	int matched = 0;
 
+	/*
+	 * As the patched driver (0005 on 13.1.0, 0002 on 14.0.0): outside the initial network
+	 * namespace root is no uid 0 to the profiles -- neither to an implicit profile a host
+	 * process holds nor to a uid-0 entry meant for host root.
+	 */
+	if (pc.euid == 0 && !root_profile_ok(f, c))
+		pc.euid = (uint32_t)-1;
 	for (uint32_t i = 0; i < st->prof_hw; i++) {
 		struct sim_prof *p = &st->prof[i];
 		if (!p->used || !p->enabled)
@@ -2100,9 +2108,7 @@ static int get_profile(struct sim_file *f, unsigned int vni,
 		if ((vni & (uint16_t)~p->ignore) != p->match)
 			continue;
 		matched = 1;
-		if (p->owner == 0 && !root_profile_ok(f, c))
-			continue;	/* root's implicit profile, see below */
-		if (ac_grants(&p->ac, c))
+		if (ac_grants(&p->ac, &pc))
 			return (int)i;
 	}
 	if (matched)

@@ -18,13 +18,13 @@ HPE_SRC = os.environ.get("PYCXI_HPE_SRC", "")
 BUILD_SCRIPT = os.path.join(REPO, "scripts", "build-hpe-libcxi.sh")
 CACHE = os.path.join(tempfile.gettempdir(), "pycxi-hpe-libcxi")
 
-#: name -> (release, with our driver + libcxi patches)
+#: name -> (release, with our driver + libcxi patches, with upstream's test programs)
 FLAVOURS = {
-    "12.0.2": ("12.0.2", False),
-    "12.0.2+patches": ("12.0.2", True),
-    "13.1.0": ("13.1.0", False),
-    "13.1.0+patches": ("13.1.0", True),
-    "14.0.0": ("14.0.0", False),
+    "12.0.2": ("12.0.2", False, False),
+    "12.0.2+patches": ("12.0.2", True, False),
+    "13.1.0": ("13.1.0", False, False),
+    "13.1.0+patches": ("13.1.0", True, True),    # libexec/libcxi-tests/libcxi_test
+    "14.0.0": ("14.0.0", False, False),
 }
 
 
@@ -55,17 +55,17 @@ def _inputs(release, patched):
     return files
 
 
-def libcxi_prefix(name: str, tests: bool = False) -> str:
-    """The install prefix of flavour ``name`` (built now or reused).  ``tests``: with
-    upstream's own test programs (libexec/libcxi-tests/)."""
+def libcxi_prefix(name: str) -> str:
+    """The install prefix of flavour ``name`` (built now, or reused from an earlier build of
+    the same inputs)."""
     require_sources()
-    release, patched = FLAVOURS[name]
+    release, patched, tests = FLAVOURS[name]
     h = hashlib.sha256(b"tests" if tests else b"")
     for f in _inputs(release, patched):
         with open(f, "rb") as fh:
             h.update(f.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
     os.makedirs(CACHE, exist_ok=True)
-    prefix = os.path.join(CACHE, f"{name}{'-tests' if tests else ''}-{h.hexdigest()[:16]}")
+    prefix = os.path.join(CACHE, f"{name}-{h.hexdigest()[:16]}")
     with open(prefix + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(os.path.join(prefix, ".complete")):
@@ -75,12 +75,21 @@ def libcxi_prefix(name: str, tests: bool = False) -> str:
         if patched:
             drv, lib = _patch_dirs(release)
             cmd += ["--driver-patches", drv, "--libcxi-patches", lib]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
-                           env=clean_env(JOBS="1", PATH=os.environ["PATH"],
-                                         **({"LIBCXI_TESTS": "1"} if tests else {})))
-        if r.returncode != 0:
+        # its own process group, so that a timeout stops make and the compilers too
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True,
+                             env=clean_env(JOBS="1", PATH=os.environ["PATH"],
+                                           **({"LIBCXI_TESTS": "1"} if tests else {})))
+        try:
+            out, _ = p.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            p.communicate()
             shutil.rmtree(prefix, ignore_errors=True)
-            raise AssertionError(f"libcxi {name} did not build:\n{(r.stdout + r.stderr)[-4000:]}")
+            raise AssertionError(f"libcxi {name}: no build within 20 minutes")
+        if p.returncode != 0:
+            shutil.rmtree(prefix, ignore_errors=True)
+            raise AssertionError(f"libcxi {name} did not build:\n{out[-4000:]}")
         open(os.path.join(prefix, ".complete"), "w").close()
         return prefix
 

@@ -165,6 +165,21 @@ def test_root_in_the_initial_netns_keeps_its_implicit_profile(any_dev, netns_fac
     device.sim_check(0)
 
 
+def test_a_uid0_member_meant_for_host_root_does_not_admit_root_in_a_pod(any_dev, netns_factory):
+    """A service whose members are uid 0 (an admin's service for host daemons) on VNI 3010:
+    root in a pod may allocate an LNI (service membership is the driver's rgroup check, which
+    the patch leaves alone) but, on the patched model, gets no domain on the VNI -- to the
+    profiles it is no uid 0 outside the initial network namespace.  Host root keeps it."""
+    model, dev = any_dev
+    pod = netns_factory()
+    svc = dev.alloc_svc(SvcDesc(vnis=[3010], members=[SvcMember("uid", 0)], limits=LIMITS))
+    assert run_forked(lambda: lni_errno(svc), netns=pod).returncode == 0
+    in_pod = run_forked(lambda: domain_errno(svc, 3010), netns=pod).returncode
+    assert in_pod == (0 if model == "stock" else errno.EPERM)
+    assert domain_errno(svc, 3010) == 0                   # host root, initial netns
+    device.sim_check(0)
+
+
 def test_stock_root_profile_switch_on_the_command_line(sim_root, netns_factory):
     pod = netns_factory()
     r = subprocess.run([PYCXI, "sim", "reset", "--stock-root-profile"], capture_output=True,

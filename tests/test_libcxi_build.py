@@ -30,6 +30,7 @@ import tempfile
 
 import pytest
 
+import hpe_libcxi
 from coreutil import REPO
 
 pytestmark = pytest.mark.slow
@@ -292,82 +293,28 @@ def test_bogus_backend_fails_clearly(tmp_path):
 # on a real node.  No NIC here: the tests show that pycxi builds, links HPE's libcxi.so.1,
 # finds the netns methods of that release's headers, and fails cleanly when it opens a
 # device that is not there.  Which of our own header flavours each one corresponds to:
-HPE_SRC = os.environ.get("PYCXI_HPE_SRC", "")
 HPE_FLAVOURS = {
-    # name: (release, with our patches, netns methods pycxi must find, our flavour)
-    "12.0.2": ("12.0.2", False, frozenset(), "none (and no svc enable/VNI range calls)"),
-    "12.0.2+patches": ("12.0.2", True, frozenset({"member"}), "shs12"),
-    "13.1.0": ("13.1.0", False, frozenset(), "none"),
-    "13.1.0+patches": ("13.1.0", True, frozenset({"member", "set_netns"}), "patched"),
-    "14.0.0": ("14.0.0", False, frozenset({"set_netns"}), "shs14"),
+    # name (tests/hpe_libcxi.py): (netns methods pycxi must find, our flavour)
+    "12.0.2": (frozenset(), "none (and no svc enable/VNI range calls)"),
+    "12.0.2+patches": (frozenset({"member"}), "shs12"),
+    "13.1.0": (frozenset(), "none"),
+    "13.1.0+patches": (frozenset({"member", "set_netns"}), "patched"),
+    "14.0.0": (frozenset({"set_netns"}), "shs14"),
 }
-BUILD_SCRIPT = os.path.join(REPO, "scripts", "build-hpe-libcxi.sh")
-
-
-def _hpe_inputs(release, patched):
-    """Everything a libcxi build reads: the tarballs, our patches, the script."""
-    files = [BUILD_SCRIPT] + [os.path.join(HPE_SRC, f"{t}-{release}.tar.gz")
-                              for t in ("shs-libcxi", "shs-cassini-headers", "shs-cxi-driver-include")]
-    if patched:
-        for part in ("shs-cxi-driver", "shs-libcxi"):
-            d = os.path.join(REPO, "patches", part, f"release-shs-{release}")
-            files += sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".patch"))
-    return files
-
-
-def _build_hpe_libcxi(name, cache):
-    """Build (or reuse) one flavour's libcxi under cache/; returns its prefix.  A file
-    lock makes concurrent test sessions share one build instead of racing."""
-    import fcntl
-    import hashlib
-
-    release, patched, _, _ = HPE_FLAVOURS[name]
-    h = hashlib.sha256()
-    for f in _hpe_inputs(release, patched):
-        with open(f, "rb") as fh:
-            h.update(f.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
-    prefix = os.path.join(cache, f"{name}-{h.hexdigest()[:16]}")
-    with open(prefix + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(os.path.join(prefix, ".complete")):
-            return prefix, "cached"
-        shutil.rmtree(prefix, ignore_errors=True)
-        cmd = [BUILD_SCRIPT, HPE_SRC, release, prefix]
-        if patched:
-            cmd += ["--driver-patches", os.path.join(REPO, "patches", "shs-cxi-driver", f"release-shs-{release}"),
-                    "--libcxi-patches", os.path.join(REPO, "patches", "shs-libcxi", f"release-shs-{release}")]
-        # its own process group, so that a timeout stops make and the compilers too
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True, env=clean_env(JOBS="1", PATH=os.environ["PATH"]))
-        try:
-            out, _ = p.communicate(timeout=1200)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
-            p.communicate()
-            shutil.rmtree(prefix, ignore_errors=True)
-            raise AssertionError(f"libcxi {name}: no build within 20 minutes")
-        if p.returncode != 0:
-            shutil.rmtree(prefix, ignore_errors=True)
-            raise AssertionError(f"libcxi {name} did not build:\n{out[-4000:]}")
-        open(os.path.join(prefix, ".complete"), "w").close()
-        return prefix, "built"
+assert set(HPE_FLAVOURS) == set(hpe_libcxi.FLAVOURS)
 
 
 @pytest.fixture(scope="session")
 def hpe_builds():
     """{flavour: (tree, prefix, pycxi build log, rc)}: HPE's libcxi per flavour (cached across
     sessions in the temp dir), then pycxi built against it; two builds at a time."""
-    if not HPE_SRC:
-        pytest.skip("PYCXI_HPE_SRC is unset: no HPE sources (shs-libcxi, shs-cassini-headers, "
-                    "the driver's include/ as tarballs) to build the real libcxi from")
+    hpe_libcxi.require_sources()
     from concurrent.futures import ThreadPoolExecutor
 
-    cache = os.path.join(tempfile.gettempdir(), "pycxi-hpe-libcxi")
-    os.makedirs(cache, exist_ok=True)
     top = tempfile.mkdtemp(prefix="pycxi-hpe-build-", dir="/tmp")
 
     def one(name):
-        prefix, _ = _build_hpe_libcxi(name, cache)
+        prefix = hpe_libcxi.libcxi_prefix(name)
         tree = os.path.join(top, name)
         copy_tree(tree)
         r = subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=tree,
@@ -402,7 +349,7 @@ def test_pycxi_builds_against_hpe_libcxi(hpe_build):
     """setup.py's probe passes on HPE's headers (cxi_prov_hw.h needs <string.h> first), the
     extension links HPE's libcxi.so.1 and reports the netns methods of that release."""
     name, tree, prefix, log = hpe_build
-    expect = HPE_FLAVOURS[name][2]
+    expect = HPE_FLAVOURS[name][0]
     assert "pycxi build: libcxi backend" in log
     assert "implicit declaration" not in log, log[-4000:]
     r = run_in(tree, ["-c", HPE_PROBE])
@@ -452,7 +399,7 @@ def test_build_script_bad_input_fails_clearly(tmp_path):
     """scripts/build-hpe-libcxi.sh: usage, no source directory, missing tarballs, an unknown
     option: each a one-line reason and exit 2, nothing installed."""
     def run(*args, **env):
-        return subprocess.run([BUILD_SCRIPT, *args], capture_output=True, text=True, timeout=60,
+        return subprocess.run([hpe_libcxi.BUILD_SCRIPT, *args], capture_output=True, text=True, timeout=60,
                               env=clean_env(PATH=os.environ["PATH"], **env))
     prefix = tmp_path / "prefix"
     r = run("only-one-arg")
