@@ -103,7 +103,7 @@ class Demo:
             f.write(launcher_text())
         os.chmod(os.path.join(bindir, "cxi"), 0o755)
         self.cnitool = CniTool([bindir, DEBIAN_CNI], os.path.join(self.scratch, "cache"),
-                               exec_prefix=["ip", "netns", "exec", f"pycxi-demo-host-{self.tag}"],
+                               exec_prefix=["nsenter", f"--net=/run/netns/pycxi-demo-host-{self.tag}"],
                                extra_env={"PYCXI_SIM_ROOT": self.sim_root})
         step("host-side namespace for the bridge, and four pods")
         self.add_netns(f"pycxi-demo-host-{self.tag}")
