@@ -62,7 +62,7 @@ def encode(s):
     """A file-name-safe, reversible spelling of ``s``: ``[A-Za-z0-9_-]`` kept, any other
     character ``%XX`` per UTF-8 byte (lone surrogates too, e.g. undecodable environment bytes)."""
     if _SAFE.issuperset(s):
-        return s
+        return s or "%"          # "" would be no name at all; a lone % is no other encoding
     out = []
     for ch in s:
         if ch in _SAFE:
@@ -74,8 +74,8 @@ def encode(s):
 
 def decode(e):
     """Inverse of :func:`encode`."""
-    if "%" not in e:
-        return e
+    if "%" not in e or e == "%":
+        return "" if e == "%" else e
     buf = bytearray()
     i = 0
     while i < len(e):
