@@ -211,7 +211,7 @@ def teardown(store, rec, conf, devs, log, all_records=None):
             store.save(rec)
             return False, errors + [f"removing the netns pin: {type(exc).__name__}: {exc}"]
     try:
-        vnisrc.release_local(rec.as_legacy_dict(), conf, log)
+        vnisrc.release_local(rec.to_dict(), conf, log)     # it reads the file's keys
     except Exception as exc:
         errors.append(f"releasing VNI key {rec.vni_key!r}: {type(exc).__name__}: {exc}")
     store.remove(rec)

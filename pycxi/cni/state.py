@@ -225,10 +225,6 @@ class Record:
                    pid=_want(d, "pid", int, 0) or 0, time=_want(d, "time", int, 0) or 0,
                    sim_root=_want(d, "simRoot", str), path=path)
 
-    def as_legacy_dict(self):
-        """The dict shape helpers outside this module read (``vni.release_local``)."""
-        return self.to_dict()
-
     def __repr__(self):
         return (f"Record({self.network!r}, {self.container_id!r}, {self.ifname!r}, "
                 f"inode={self.netns_inode}, phase={self.phase!r}, services={self.services!r})")

@@ -263,14 +263,15 @@ def test_sweep_entry_point_all_networks(cni_env, netns):
 def test_hostile_network_names_touch_nothing_else(cni_env, netns):
     """Networks named like the plugin's own files (and each other) live side by side; GC of any
     of them with an empty list releases only its own."""
-    names = ["by-netns", "lock", "networks", "_networks", "_index", "n1", "n1.json", "x.y", "x_y"]
+    names = ["by-netns", "lock", "networks", "_networks", "_index", ".", "..", "a/b", "../n1", "n" * 254,
+             "n1", "n1.json", "x.y", "x_y", "n" * 253]
     pods = {}
     made = []
     for i, name in enumerate(names):
         pods[name] = netns.add()
         c = conf_of(cni_env, name=name, vnis=[3500 + i])
         rc, out, _ = plugin_call(cni_env, "ADD", c, cid="same", netns_path=netns.path(pods[name]))
-        if not name[0].isalnum():
+        if not name[0].isalnum() or "/" in name or len(name) > 253:
             assert rc == 1 and out["code"] == 7, (name, out)       # not a valid CNI name
             continue
         assert rc == 0, (name, out)
