@@ -31,7 +31,6 @@ Version 1 (the layout before this one: ``<dataDir>/<network>/<containerID>_<ifna
 (:meth:`StateStore.migrate_legacy`): pods running across a plugin upgrade keep being found by
 DEL and GC, and get their namespace pinned if it still exists.
 """
-import errno
 import fcntl
 import json
 import os
