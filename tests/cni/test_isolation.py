@@ -405,3 +405,19 @@ def test_records_of_the_previous_layout_are_found(cni_env, netns):
     assert [r["vnis"] for r in services()["cxi0"]] == [[3700]]
     assert plugin_call(cni_env, "DEL", ca, cid="la")[0] == 0
     assert nothing_left(cni_env)
+
+
+def test_del_from_another_mount_namespace_releases_the_pin(cni_env, netns):
+    """The pin is a mount in the plugin's mount namespace; a DEL run in another one (a private
+    copy: ``unshare -m``) still removes it everywhere (unlinking a mount point detaches it in
+    the other namespaces)."""
+    pod = netns.add()
+    c = conf_of(cni_env, vnis=[3800])
+    assert plugin_call(cni_env, "ADD", c, cid="mnt", netns_path=netns.path(pod))[0] == 0
+    assert len(netns_mounts_under(cni_env.data_dir)) == 1
+    env = dict(cni_env.env, PATH=os.environ["PATH"], CNI_COMMAND="DEL", CNI_CONTAINERID="mnt",
+               CNI_IFNAME="eth0", CNI_PATH=cni_env.bin)
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", os.path.join(cni_env.bin, "cxi")],
+                       input=json.dumps(c).encode(), env=env, capture_output=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert nothing_left(cni_env)
