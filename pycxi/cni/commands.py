@@ -440,69 +440,101 @@ def cmd_check(conf, env, log):
     return None
 
 
+REASON_NOT_VALID = "not_valid"
+REASON_DELETING = "busy_at_del"
+REASON_NETNS_GONE = "netns_gone"
+REASON_UNREADABLE = "unreadable"
+
+
+class SweepResult:
+    """What :func:`sweep` did: ``removed`` {reason: records released}, ``problems`` (what is
+    left, truthfully), ``unverifiable`` (records whose pod cannot be judged from here)."""
+    __slots__ = ("removed", "problems", "unverifiable")
+
+    def __init__(self):
+        self.removed, self.problems, self.unverifiable = {}, [], 0
+
+
 def pod_gone(store, rec):
-    """Whether the pod of ``rec`` is gone: nothing but the plugin's own pins refers to its
-    network namespace any more (the runtime's netns file is gone or names another namespace,
-    no process lives in it, no other mount holds it).  See :func:`pycxi.cni.netns.in_use`."""
-    return not nsmod.in_use(rec.netns, rec.netns_inode, store.data_dir)
+    """True when the pod of ``rec`` is gone -- nothing but the plugin's own pins refers to its
+    network namespace any more and the runtime's netns file is gone or names another namespace
+    -- False when alive, None when that cannot be told from here
+    (:func:`pycxi.cni.netns.pod_state`)."""
+    return nsmod.pod_state(rec.netns, rec.netns_inode, store.data_dir)
 
 
-def sweep(conf, log, valid=None, all_networks=False):
-    """Release the attachments that are dead; GC's work, and the entry point of a node's
-    periodic sweep.  Returns the problems left (empty: nothing is left behind).
+def sweep(data_dir, log, network=None, valid=None, conf=None, devs=None):
+    """Release the attachments that are dead: GC's body, and the entry point of a node's
+    periodic sweep.  Returns a :class:`SweepResult`.
 
-    Under the node lock, for network ``conf.name`` (every network with ``all_networks``):
-    every record not in ``valid`` (a set of (containerID, ifname); None: do not judge by a
-    list), every record in phase ``deleting``, and every record whose pod is gone
-    (:func:`pod_gone`) is released -- services first, then the netns pin, then the record.
-    ``conf`` gives dataDir and the destroy retries; each record carries the rest.
-    """
-    store = st.StateStore(conf.data_dir, conf.name, log)
-    if not all_networks and not _has_state(store):
-        return []
-    problems = []
-    devs = Devices()
+    Under the node lock, for ``network`` (every network when None): every record not in
+    ``valid`` (a set of (containerID, ifname); None: no list), every record in phase
+    ``deleting``, and every record whose pod is gone (:func:`pod_gone`) is released --
+    services first, then the netns pin, then the record.  ``conf`` (optional) gives the destroy
+    retries and a local allocator for records that lack one; ``devs`` a :class:`Devices` to
+    reuse (closed by the caller).  Must run where the runtime's netns files are visible."""
+    res = SweepResult()
+    store = st.StateStore(data_dir, network if network is not None else "_", log)
+    if network is not None and not _has_state(store):
+        return res
+    if network is None and not os.path.isdir(data_dir):
+        return res
+    own = devs is None
+    devs = Devices() if own else devs
     try:
         with store.lock():
             store.clean_index()
             all_records = store.all_records()
             for rec in all_records:
                 adopt_sim_root(rec)
-            stores = store.network_stores() if all_networks else [store]
-            for s in stores:
+            for s in [store] if network is not None else store.network_stores():
                 s.clean_tmp()
                 for rec in s.records():
-                    problems.extend(_sweep_one(s, rec, conf, devs, log, valid, all_records))
+                    _sweep_one(s, rec, conf, devs, log, valid, all_records, res)
     finally:
-        devs.close()
-    return problems
+        if own:
+            devs.close()
+    return res
 
 
-def _sweep_one(store, rec, conf, devs, log, valid, all_records):
+def _sweep_one(store, rec, conf, devs, log, valid, all_records, res):
     if isinstance(rec, st.Unreadable):
-        return teardown(store, rec, conf, devs, log, all_records)[1]
+        done, errs = teardown(store, rec, conf, devs, log, all_records)
+        res.problems.extend(errs)
+        if done:
+            res.removed[REASON_UNREADABLE] = res.removed.get(REASON_UNREADABLE, 0) + 1
+        return
     who = f"{rec.network}/{rec.container_id}/{rec.ifname}"
     if valid is not None and rec.key not in valid:
-        why = "not a valid attachment"
+        why = REASON_NOT_VALID
     elif rec.phase == st.PHASE_DELETING:
-        why = "deleted, services were busy"
-    elif pod_gone(store, rec):
-        why = "its pod is gone (netns no longer used)"
+        why = REASON_DELETING
     else:
-        return []
-    log.info(f"sweep {who}: {why}")
+        gone = pod_gone(store, rec)
+        if gone is None:
+            res.unverifiable += 1
+            return
+        if not gone:
+            return
+        why = REASON_NETNS_GONE
+    log.info(f"sweep: releasing {who} ({why})")
     try:
         done, errs = teardown(store, rec, conf, devs, log, all_records)
     except Exception as exc:
-        return [f"{who}: {from_exception(exc)}"]
-    out = [f"{who}: {e}" for e in errs]
-    if not done:
-        out.extend(f"{who}: {k}" for k in kept_services(rec))
-    return out
+        res.problems.append(f"{who}: {from_exception(exc)}")
+        return
+    res.problems.extend(f"{who}: {e}" for e in errs)
+    if done:
+        res.removed[why] = res.removed.get(why, 0) + 1
+        # its service IDs no longer count as taken
+        all_records[:] = [r for r in all_records if getattr(r, "path", None) != rec.path]
+    else:
+        res.problems.extend(f"{who}: {k}" for k in kept_services(rec))
 
 
 def cmd_gc(conf, env, log):
-    problems = sweep(conf, log, valid=conf.valid_attachments or set())
+    problems = sweep(conf.data_dir, log, network=conf.name, valid=conf.valid_attachments or set(),
+                     conf=conf).problems
     if problems:
         raise CniError(ERR_GC, f"GC left {len(problems)} problem(s)", "; ".join(problems))
     return None

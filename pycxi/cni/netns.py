@@ -109,6 +109,24 @@ def pinned_inode(target):
     return st.st_ino if st.st_dev == own.st_dev else None
 
 
+def pod_state(path, inode, ignore_under):
+    """Whether the pod that owns netns ``inode`` (runtime file ``path``) is gone: True (gone),
+    False (alive: :func:`in_use`), None (cannot tell from here).
+
+    Gone needs the runtime's file to be checkable here: a path outside /proc whose directory is
+    visible (containerd, CRI-O, podman: ``/run/netns/...``) that no longer names the namespace,
+    or a ``/proc/<pid>/...`` path when nothing here refers to the namespace (as the runtime's
+    own GC sees it).  A path in a directory not visible here (a node component without the
+    host's ``/run/netns``) is never taken for a dead pod."""
+    if in_use(path, inode, ignore_under):
+        return False
+    if not isinstance(path, str) or not path.startswith("/"):
+        return True
+    if path.startswith("/proc/") or os.path.isdir(os.path.dirname(path)):
+        return True
+    return None
+
+
 def _mount_escape(path):
     return path.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011") \
         .replace("\n", "\\012")
@@ -132,13 +150,13 @@ def in_use(path, inode, ignore_under):
         except OSError:
             pass
     tag = f"net:[{inode}]"
-    skip = _mount_escape(os.path.normpath(ignore_under)).rstrip("/") + "/"
+    skip = _mount_escape(os.path.normpath(ignore_under)).rstrip("/") + "/" if ignore_under else None
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 if tag in line:
                     fields = line.split(" ", 5)
-                    if len(fields) > 4 and fields[3] == tag and not fields[4].startswith(skip):
+                    if len(fields) > 4 and fields[3] == tag and not (skip and fields[4].startswith(skip)):
                         return True
     except OSError:
         return True      # cannot tell: assume in use, never destroy by mistake

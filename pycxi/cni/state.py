@@ -387,6 +387,22 @@ class StateStore:
         """Remove temporary files of writers that are gone (a writer SIGKILLed mid-save)."""
         _clean_tmp(self.dir)
 
+    def nothing_for(self, container_id, ifname):
+        """Whether provably nothing of (network, containerID, ifname) is stored: no record, no
+        index link, no record of the previous layout (DEL's fast path; no lock needed: a record
+        is created only by an ADD of the same attachment, which the runtime does not run
+        concurrently with its DEL)."""
+        if os.path.lexists(self.path(container_id, ifname)) or os.path.lexists(
+                os.path.join(self.data_dir, LEGACY_INDEX)) or os.path.lexists(
+                os.path.join(self.data_dir, self.network, f"{container_id}_{ifname}.json")):
+            return False
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return True
+        suffix = "." + name_of(self.network, container_id, ifname)
+        return not any(n.endswith(suffix) and n[:-len(suffix)].isdigit() for n in names)
+
     # -- the by-inode index
     def _link(self, inode, network, container_id, ifname):
         return os.path.join(self.index_dir, f"{inode}.{name_of(network, container_id, ifname)}")

@@ -243,14 +243,12 @@ def test_sweep_entry_point_all_networks(cni_env, netns):
         assert rc == 0, out
     assert count_services() == 3 and len(pins(cni_env.data_dir)) == 3
     netns.delete(dead)
-    code = ("import sys; from pycxi.cni.config import parse_conf; from pycxi.cni.log import Log\n"
-            "from pycxi.cni.commands import sweep\n"
-            f"conf = parse_conf({{'cniVersion': '1.1.0', 'name': 'na', 'type': 'cxi', "
-            f"'dataDir': {cni_env.data_dir!r}}}, 'GC')\n"
-            "print(sweep(conf, Log('warning'), all_networks=True))")
+    code = ("from pycxi.cni.log import Log; from pycxi.cni.commands import sweep\n"
+            f"r = sweep({cni_env.data_dir!r}, Log('warning'))\n"
+            "print(r.problems, sorted(r.removed.items()), r.unverifiable)")
     p = subprocess.run([PY, "-c", code], env=dict(os.environ, **cni_env.env), capture_output=True,
                        text=True)
-    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr
+    assert p.returncode == 0 and p.stdout.strip() == "[] [('netns_gone', 2)] 0", p.stdout + p.stderr
     svcs = services()["cxi0"]
     assert [r["vnis"] for r in svcs] == [[3400]] and len(pins(cni_env.data_dir)) == 1
     assert plugin_call(cni_env, "DEL", conf_of(cni_env, name="na"), cid="s-na")[0] == 0
@@ -389,6 +387,8 @@ def test_records_of_the_previous_layout_are_found(cni_env, netns):
     to_legacy(cni_env, "old-a", "la")
     to_legacy(cni_env, "old-b", "lb")
     assert pins(cni_env.data_dir) == [] and count_services() == 2
+    from pycxi.cni.state import StateStore
+    assert not StateStore(cni_env.data_dir, "old-a").nothing_for("la", "eth0")   # no DEL fast path
     netns.delete(dead)
     # the first locked call of the new plugin migrates every network; the live pod gets its pin
     rc, out, _ = plugin_call(cni_env, "GC", dict(ca, **{"cni.dev/valid-attachments": [
