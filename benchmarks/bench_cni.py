@@ -13,8 +13,8 @@ Measured, interleaved round-robin so that machine noise hits every series alike:
 Each sample is the wall time of one ``subprocess.run`` (fork, exec, wait), the same overhead for
 every series.  The software device lives in a temporary ``PYCXI_SIM_ROOT`` (one NIC by default);
 the plugins' dataDir is on /dev/shm (tmpfs, as /run is on a node; ``--state-dir`` to change);
-the network namespace is this process's own (``/proc/<pid>/ns/net``; nothing is changed in it:
-tuning is configured with no change, and the cxi service only records the inode).
+the network namespace is one made for the run (``ip netns add``; root needed; nothing is changed
+in it: tuning is configured with no change, and the cxi plugin binds its service to it and pins it).
 
 Goal (issue 4): ADD p50 <= 1.5 x the ``python -IS -c "import json"`` p50.
 
@@ -84,6 +84,7 @@ def main(argv=None):
     parent = a.state_dir or ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
                              else tmp)
     state = tempfile.mkdtemp(prefix="bench-cni-state-", dir=parent)
+    made_ns = []
     try:
         bindir = os.path.join(tmp, "bin")
         cxi = install.install_launcher(bindir, python=sys.executable)
@@ -99,7 +100,12 @@ def main(argv=None):
                            env=dict(os.environ, PYCXI_SIM_ROOT=sim, PYTHONPATH=REPO), capture_output=True)
         if r.returncode:
             raise SystemExit(f"sim reset failed: {r.stderr.decode()}")
-        netns = f"/proc/{os.getpid()}/ns/net"
+        # a network namespace of its own: the plugin refuses the node's (CNI_NETNS must be a
+        # pod's), and pins it while its service exists
+        ns_name = f"bcni{os.getpid()}-main"
+        subprocess.run(["ip", "netns", "add", ns_name], check=True)
+        made_ns.append(ns_name)
+        netns = f"/run/netns/{ns_name}"
         base_env = dict(env, CNI_PATH=bindir, CNI_IFNAME="eth0", CNI_NETNS=netns)
         conf = {"cniVersion": "1.0.0", "name": "bench", "type": "cxi", "dataDir": os.path.join(state, "cxi"),
                 "prevResult": PREV}
@@ -174,6 +180,8 @@ def main(argv=None):
                 f.write(text + "\n")
         return 0
     finally:
+        for n in made_ns:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(state, ignore_errors=True)
 

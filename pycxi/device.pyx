@@ -942,3 +942,35 @@ def sim_check(dev=0):
     cdef int rc = pycxi_sim_check(_dev_id_of(dev), msg, sizeof(msg))
     if rc < 0:
         raise from_rc(rc, "pycxi_sim_check", detail=msg.decode())
+
+
+# -- namespace pinning (the CNI plugin keeps a pod's netns alive while its service exists) ----
+cdef extern from "<sys/mount.h>" nogil:
+    int c_mount "mount"(const char *source, const char *target, const char *fstype,
+                        unsigned long flags, const void *data)
+    int c_umount2 "umount2"(const char *target, int flags)
+    enum: MS_BIND
+    enum: MNT_DETACH
+    enum: UMOUNT_NOFOLLOW
+
+from libc.errno cimport errno as c_errno
+import os as _os
+
+
+def mount_bind(source, target):
+    """``mount --bind source target``; ``source`` may be ``/proc/self/fd/N`` of an nsfs file,
+    which pins that namespace until the mount is removed (what ``ip netns add`` does).  Here and
+    not in the standard library: Python has no mount(2), and ctypes costs the CNI path ~6 ms."""
+    cdef bytes s = _os.fsencode(source)
+    cdef bytes t = _os.fsencode(target)
+    if c_mount(s, t, NULL, MS_BIND, NULL) != 0:
+        err = c_errno
+        raise OSError(err, _os.strerror(err), target)
+
+
+def umount(target):
+    """Lazily detach the mount at ``target`` (umount2 MNT_DETACH|UMOUNT_NOFOLLOW)."""
+    cdef bytes t = _os.fsencode(target)
+    if c_umount2(t, MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
+        err = c_errno
+        raise OSError(err, _os.strerror(err), target)

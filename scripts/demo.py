@@ -108,7 +108,7 @@ class Demo:
             f.write(launcher_text())
         os.chmod(os.path.join(bindir, "cxi"), 0o755)
         self.cnitool = CniTool([bindir, DEBIAN_CNI], os.path.join(self.scratch, "cache"),
-                               exec_prefix=["ip", "netns", "exec", f"pycxi-demo-host-{self.tag}"],
+                               exec_prefix=["nsenter", f"--net=/run/netns/pycxi-demo-host-{self.tag}"],
                                extra_env={"PYCXI_SIM_ROOT": self.sim_root,
                                           "PYCXI_CNI_POLICY": self.node_conf})
         step("host-side namespace for the bridge, and four pods")
@@ -220,10 +220,10 @@ class Demo:
             store.close()
         with pycxi.Device(0) as dev:
             left = [d.svc_id for d in dev.svc_list() if d.svc_id != 1]
-        records = sorted(os.listdir(os.path.join(self.scratch, "cni"))) \
-            if os.path.isdir(os.path.join(self.scratch, "cni")) else []
-        records = [r for r in records if r.endswith(".json") or os.path.isdir(
-            os.path.join(self.scratch, "cni", r)) and os.listdir(os.path.join(self.scratch, "cni", r))]
+        # records (*.json) and netns pins (*.netns) under the plugin's dataDir
+        records = sorted(os.path.relpath(os.path.join(d, f), os.path.join(self.scratch, "cni"))
+                         for d, _, files in os.walk(os.path.join(self.scratch, "cni"))
+                         for f in files if f.endswith((".json", ".netns")))
         self.expect(not left, f"no CXI service left on cxi0 (only the default service): {left or 'none'}")
         self.expect(not held, f"no VNI held in the store ({len(quarantined)} in quarantine until "
                               f"they may be reused)")

@@ -15,9 +15,10 @@ except ImportError:             # pragma: no cover
     import signal
 import time
 
+from pycxi.cni import netns as nsmod
 from pycxi.cni import state as st
 from pycxi.cni import vni as vnisrc
-from pycxi.cni.errors import (CniError, ERR_CHECK, ERR_GC, ERR_INVALID_CONFIG, ERR_INVALID_ENV,
+from pycxi.cni.errors import (CniError, ERR_CHECK, ERR_GC, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_IO,
                               ERR_NO_DEVICE, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNKNOWN_CONTAINER,
                               from_exception)
 
@@ -47,9 +48,13 @@ class Devices:
         self.devs.clear()
 
 
-def netns_inode(path):
+def open_netns(path):
+    """(fd, inode) of the pod's network namespace ``path``; anything else is code 4."""
     try:
-        return os.stat(path).st_ino
+        return nsmod.open_netns(path)
+    except nsmod.NotANetns as exc:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {path!r} is not a pod network namespace",
+                       str(exc)) from None
     except OSError as exc:
         raise CniError(ERR_INVALID_ENV, f"CNI_NETNS {path!r} cannot be opened",
                        f"{type(exc).__name__}: {exc}") from None
@@ -67,9 +72,8 @@ def adopt_sim_root(rec):
     under, and DEL/GC/CHECK use it when their own environment lacks it (a runtime may run DEL
     from a process with a scrubbed environment, e.g. podman's conmon-spawned cleanup).  Real
     NICs are global, like the software device is meant to be; this keeps it so."""
-    root = rec.get("simRoot")
-    if isinstance(root, str) and root and not os.environ.get("PYCXI_SIM_ROOT"):
-        os.environ["PYCXI_SIM_ROOT"] = root
+    if isinstance(rec, st.Record) and rec.sim_root and not os.environ.get("PYCXI_SIM_ROOT"):
+        os.environ["PYCXI_SIM_ROOT"] = rec.sim_root
 
 
 def looks_ours(dev, sid, desc, inode, vnis):
@@ -100,18 +104,18 @@ def release_services(rec, conf, devs, log, taken):
     """Destroy the services of ``rec`` (in reverse order), carrying on past errors.
 
     Returns (done, errors): ``done`` when nothing of the record is left on any NIC.  A service
-    still busy after the retries is disabled if the driver allows it (it refuses while LNIs
-    exist) and kept in the record (state "disabled" or "busy") for GC to finish.
+    still busy after the retries (LNIs exist) is disabled if the driver allows it and kept in
+    the record as "disabled", or as "busy" when the driver refused (it is then still enabled).
     """
     from pycxi.cni import nic
     retries = conf.destroy_retries if conf is not None else 5
     delay = conf.destroy_retry_delay if conf is not None else 0.1
-    inode = rec.get("netnsInode")
+    inode = rec.netns_inode
     errors = []
     done = True
     keep = []
-    for entry in reversed(rec.get("services") or []):
-        name = entry.get("device")
+    for entry in reversed(rec.services):
+        name = entry.device
         try:
             try:
                 dev = devs.get(name)
@@ -120,22 +124,22 @@ def release_services(rec, conf, devs, log, taken):
                     log.warning(f"{name}: device gone; its services went with it")
                     continue
                 raise
-            sid = entry.get("svc")
             ids = []
-            if isinstance(sid, int):
+            if entry.svc is not None:
+                sid = entry.svc
                 if (name, sid) in taken:
                     log.warning(f"{name}: service {sid} now belongs to another record; not touched")
                     continue
                 desc = nic.get_svc(dev, sid)
                 if desc is None:
                     continue
-                if not looks_ours(dev, sid, desc, inode, rec.get("vnis")):
+                if not looks_ours(dev, sid, desc, inode, rec.vnis):
                     log.warning(f"{name}: service {sid} is no longer ours (other VNIs or "
                                 "members: its ID was reused); not touched")
                     continue
                 ids.append(sid)
             else:
-                ids.extend(find_orphans(dev, name, rec.get("vnis"), inode, taken))
+                ids.extend(find_orphans(dev, name, rec.vnis, inode, taken))
                 if ids:
                     log.info(f"{name}: found unrecorded service(s) {ids} of an interrupted ADD")
             busy = []
@@ -145,7 +149,7 @@ def release_services(rec, conf, devs, log, taken):
                 if outcome == "busy":
                     busy.append((sid, nic.disable(dev, sid, log)))
             for sid, disabled in busy:
-                keep.append({"device": name, "svc": sid, "state": "disabled" if disabled else "busy"})
+                keep.append(st.ServiceEntry(name, sid, "disabled" if disabled else "busy"))
                 done = False
         except Exception as exc:
             err = from_exception(exc)
@@ -153,69 +157,93 @@ def release_services(rec, conf, devs, log, taken):
             keep.append(entry)
             done = False
     keep.reverse()
-    rec["services"] = keep
+    rec.services = keep
     return done, errors
 
 
+def kept_services(rec):
+    """What is left of ``rec`` on the NICs, truthfully (for DEL's and GC's answers)."""
+    out = []
+    for e in rec.services:
+        if e.state == "busy":
+            out.append(f"{e.device} service {e.svc} is in use by LNIs and still ENABLED (the driver "
+                       "refuses to disable a service with LNIs); kept, its netns stays pinned")
+        elif e.state == "disabled":
+            out.append(f"{e.device} service {e.svc} is in use by LNIs; disabled (admits no new LNI), "
+                       "kept until the LNIs are gone")
+        else:
+            out.append(f"{e.device} service {e.svc if e.svc is not None else '(intent)'} "
+                       f"could not be released ({e.state})")
+    return out
+
+
 def teardown(store, rec, conf, devs, log, all_records=None):
-    """Release a record completely if possible (services, local VNI, record file)."""
-    if "corrupt" in rec:
-        log.warning(f"removing unreadable record {rec['corrupt']}")
+    """Release a record completely if possible: services, then the netns pin (only once no
+    service is left), the local VNI, the record.  Returns (done, errors); when not done, the
+    record is kept in phase ``deleting`` with what is left of its services."""
+    if isinstance(rec, st.Unreadable):
+        pin = rec.path[:-len(".json")] + ".netns"
+        if os.path.exists(pin):
+            # what its services are is unknown: releasing the pin could let another namespace
+            # take the inode they are bound to
+            return False, [f"unreadable record {rec.path} ({rec.why}) with a netns pin: left in "
+                           "place for an administrator"]
+        log.warning(f"removing unreadable record {rec.path} ({rec.why})")
         try:
-            os.unlink(rec["corrupt"])
+            os.unlink(rec.path)
         except FileNotFoundError:
             pass
         return True, []
     if all_records is None:
         # only records on the same netns can legitimately hold a service bound to it
-        all_records = store.same_netns(rec.get("netnsInode"))
-    path = rec.get("_path") or store.path(rec["containerID"], rec["ifname"])
-    taken = st.recorded_ids(all_records, exclude=os.path.normpath(path))
-    rec.pop("_path", None)
+        all_records = store.same_netns(rec.netns_inode)
+    taken = st.recorded_ids(all_records, exclude=rec.path)
     done, errors = release_services(rec, conf, devs, log, taken)
-    if done:
-        try:
-            vnisrc.release_local(rec, conf, log)
-        except Exception as exc:
-            errors.append(f"releasing VNI key {rec.get('vniKey')!r}: {type(exc).__name__}: {exc}")
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        store.unindex(rec)
-    else:
-        rec["phase"] = st.PHASE_DELETING
-        _save_at(store, rec, path)
-    return done, errors
-
-
-def _save_at(store, rec, path):
-    d = os.path.dirname(path)
-    if d == store.dir:
+    if not done:
+        rec.phase = st.PHASE_DELETING
         store.save(rec)
-    else:
-        st.StateStore(store.data_dir, os.path.basename(d)).save(rec)
+        return False, errors
+    if rec.pin:
+        try:
+            nsmod.unpin(store.pin_path(rec))
+        except OSError as exc:
+            rec.phase = st.PHASE_DELETING
+            store.save(rec)
+            return False, errors + [f"removing the netns pin: {type(exc).__name__}: {exc}"]
+    try:
+        vnisrc.release_local(rec.to_dict(), conf, log)     # it reads the file's keys
+    except Exception as exc:
+        errors.append(f"releasing VNI key {rec.vni_key!r}: {type(exc).__name__}: {exc}")
+    store.remove(rec)
+    store.unindex(rec)
+    return True, errors
+
+
+def same_live_netns(store, rec, inode):
+    """Whether ``rec``'s namespace is the live namespace ``inode`` (not a dead one whose number
+    was reused): its pin or its runtime path still names that inode."""
+    if rec.pin and nsmod.pinned_inode(store.pin_path(rec)) == inode:
+        return True
+    try:
+        return bool(rec.netns) and os.stat(rec.netns).st_ino == inode
+    except OSError:
+        return False
 
 
 def reclaim_stale(store, inode, container_id, conf, devs, log):
     """Records of another container with the same netns inode whose own netns is gone: the kernel
-    reused the inode, so their services would admit the new pod.  Destroy them now."""
+    reused the inode, so their services would admit the new pod.  Destroy them now.  (A pinned
+    namespace cannot be reused; this covers records made before pinning, see migrate_legacy.)"""
     records = store.same_netns(inode)
     for rec in records:
-        if rec.get("containerID") == container_id:
+        if rec.container_id == container_id or same_live_netns(store, rec, inode):
             continue
-        path = rec.get("netns")
-        try:
-            if path and os.stat(path).st_ino == inode:
-                continue   # really the same live netns (shared): leave it
-        except OSError:
-            pass
         log.warning(f"netns inode {inode} reused: releasing stale record of container "
-                    f"{rec.get('containerID')} ({rec.get('_path')})")
+                    f"{rec.container_id} ({rec.path})")
         done, errors = teardown(store, rec, conf, devs, log, records)
         if not done:
             raise CniError(ERR_TRY_AGAIN_LATER, "a stale CXI service bound to this netns inode "
-                           "cannot be removed yet", "; ".join(errors) or "service busy")
+                           "cannot be removed yet", "; ".join(errors + kept_services(rec)))
 
 
 def _result(conf):
@@ -235,9 +263,15 @@ def cmd_add(conf, env, log):
     # cni-config: what the network config may ask for is the node's call (pycxi.cni.policy)
     from pycxi.cni import policy
     policy.apply(conf)
-    inode = netns_inode(netns)
-    store = st.StateStore(conf.data_dir, conf.name)
+    fd, inode = open_netns(netns)
+    try:
+        return _add(conf, env, log, cid, ifname, netns, fd, inode)
+    finally:
+        os.close(fd)
 
+
+def _add(conf, env, log, cid, ifname, netns, fd, inode):
+    store = st.StateStore(conf.data_dir, conf.name, log)
     choice = None
     if conf.vnis is None and conf.local_allocator is None and conf.kubernetes is not None:
         choice = vnisrc.resolve(conf, env, log)        # network I/O: outside the lock
@@ -251,30 +285,29 @@ def cmd_add(conf, env, log):
                 done, errors = teardown(store, old, conf, devs, log)
                 if not done:
                     raise CniError(ERR_TRY_AGAIN_LATER, "the previous CXI services of this "
-                                   "attachment cannot be removed yet", "; ".join(errors))
-            rec = {"containerID": cid, "ifname": ifname, "network": conf.name, "netns": netns,
-                   "netnsInode": inode, "vnis": [], "phase": st.PHASE_ADDING, "services": [],
-                   "pid": os.getpid(), "time": int(time.time())}
-            if os.environ.get("PYCXI_SIM_ROOT"):
-                rec["simRoot"] = os.environ["PYCXI_SIM_ROOT"]
+                                   "attachment cannot be removed yet",
+                                   "; ".join(errors + (kept_services(old) if isinstance(old, st.Record) else [])))
+            rec = store.new_record(cid, ifname, netns=netns, netns_inode=inode, pid=os.getpid(),
+                                   time=int(time.time()), sim_root=os.environ.get("PYCXI_SIM_ROOT") or None)
             if choice is None and conf.vnis is None and conf.local_allocator is not None:
                 # record the key before the allocator hands out a VNI: a DEL/GC releases it
                 la = conf.local_allocator
-                rec.update(vniSource=vnisrc.SOURCE_LOCAL, vniKey=vnisrc.local_key(la, env),
-                           vniRelease=la["key"] is None,
-                           localAllocator={"path": la["path"], "ranges": [list(r) for r in la["ranges"]],
-                                           "quarantine": la["quarantine"]})
+                rec.vni_source = vnisrc.SOURCE_LOCAL
+                rec.vni_key = vnisrc.local_key(la, env)
+                rec.vni_release = la["key"] is None
+                rec.local_allocator = {"path": la["path"], "ranges": [list(r) for r in la["ranges"]],
+                                       "quarantine": la["quarantine"]}
                 store.index(rec)
                 store.save(rec)
             try:
                 if choice is None:
                     choice = vnisrc.resolve(conf, env, log)
-                rec["vnis"] = choice.vnis
-                rec["vniSource"] = choice.source
+                rec.vnis = list(choice.vnis)
+                rec.vni_source = choice.source
                 reclaim_stale(store, inode, cid, conf, devs, log)
                 if not choice.vnis:
                     log.info(f"{cid}/{ifname}: no VNI requested: no CXI service")
-                    rec["phase"] = st.PHASE_READY
+                    rec.phase = st.PHASE_READY
                     store.index(rec)
                     store.save(rec)
                     return _result(conf)
@@ -283,40 +316,51 @@ def cmd_add(conf, env, log):
                 if not names:
                     raise CniError(ERR_NO_DEVICE, "no CXI device present",
                                    f"the pod asked for VNIs {choice.vnis}")
-                rec["services"] = [{"device": n, "svc": None, "state": "intent"} for n in names]
+                rec.services = [st.ServiceEntry(n) for n in names]
+                rec.pin = True
                 store.index(rec)
-                store.save(rec)                   # intent first: nothing exists on a NIC yet
-                last = rec["services"][-1]
-                for entry in rec["services"]:
-                    dev = devs.get(entry["device"])
+                store.save(rec)                   # intent first: no pin, nothing on a NIC yet
+                try:
+                    nsmod.pin(fd, store.pin_path(rec), inode)
+                except OSError as exc:
+                    raise CniError(ERR_IO, "cannot pin the pod's network namespace",
+                                   f"bind mount onto {store.pin_path(rec)}: {exc}") from None
+                last = rec.services[-1]
+                for entry in rec.services:
+                    dev = devs.get(entry.device)
                     sid = nic.alloc_svc(dev, inode, vnis=list(choice.vnis), tcs=conf.tcs,
                                         limits=nic.clamp_limits(dev, conf.limits),
                                         method=conf.netns_method)
-                    entry["svc"] = int(sid)
-                    entry["state"] = "enabled"
+                    entry.svc = int(sid)
+                    entry.state = "enabled"
                     if entry is last:
-                        rec["phase"] = st.PHASE_READY
+                        rec.phase = st.PHASE_READY
                     store.save(rec)               # then the ID, as soon as it exists
                 log.info(f"ADD {cid}/{ifname} netns={inode} vnis={choice.vnis} "
-                         f"services={[(e['device'], e['svc']) for e in rec['services']]}")
+                         f"services={[(e.device, e.svc) for e in rec.services]}")
                 return _result(conf)
             except BaseException as exc:
                 signal.alarm(0)                   # the rollback must not be interrupted
                 log.warning(f"ADD {cid}/{ifname} failed ({type(exc).__name__}: {exc}); rolling back")
-                rec["_path"] = store.path(cid, ifname)
-                if os.path.exists(rec["_path"]):
+                if os.path.exists(rec.path):
                     done, errors = teardown(store, rec, conf, devs, log)
                     if not done:
-                        log.error(f"rollback incomplete, left for DEL/GC: {'; '.join(errors)}")
+                        log.error("rollback incomplete, left for DEL/GC: "
+                                  f"{'; '.join(errors + kept_services(rec))}")
                 raise
     finally:
         devs.close()
 
 
+def _has_state(store):
+    """Whether this network may have records (fast DEL path: no lock, no import)."""
+    return os.path.isdir(store.dir) or os.path.isdir(os.path.join(store.data_dir, store.network))
+
+
 def cmd_del(conf, env, log):
     cid, ifname = env["CNI_CONTAINERID"], env["CNI_IFNAME"]
-    store = st.StateStore(conf.data_dir, conf.name)
-    if not os.path.isdir(store.dir):
+    store = st.StateStore(conf.data_dir, conf.name, log)
+    if not _has_state(store):     # (the second: a version-1 directory, migrated under the lock)
         return None
     devs = Devices()
     try:
@@ -327,16 +371,17 @@ def cmd_del(conf, env, log):
                 return None
             adopt_sim_root(rec)
             done, errors = teardown(store, rec, conf, devs, log)
-            if errors and not done:
-                # kept as "deleting": a retried DEL or GC finishes it
+            kept = kept_services(rec) if isinstance(rec, st.Record) and not done else []
+            if not done and (errors or any(e.state != "disabled" for e in rec.services)):
+                # kept as "deleting": a retried DEL or GC finishes it.  A service that is still
+                # enabled is never reported as deleted.
                 raise CniError(ERR_TRY_AGAIN_LATER,
-                               f"DEL {cid}/{ifname}: some CXI services could not be removed",
-                               "; ".join(errors))
+                               f"DEL {cid}/{ifname}: CXI service(s) not destroyed",
+                               "; ".join(errors + kept))
             for e in errors:
                 log.warning(f"DEL {cid}/{ifname}: {e}")
-            if not done:
-                log.warning(f"DEL {cid}/{ifname}: service(s) still in use were kept; "
-                            "GC will remove them")
+            if kept:
+                log.warning(f"DEL {cid}/{ifname}: {'; '.join(kept)}; GC will remove them")
             else:
                 log.info(f"DEL {cid}/{ifname} done")
             return None
@@ -347,28 +392,32 @@ def cmd_del(conf, env, log):
 def cmd_check(conf, env, log):
     from pycxi.cni import nic
     cid, ifname, netns = env["CNI_CONTAINERID"], env["CNI_IFNAME"], env["CNI_NETNS"]
-    store = st.StateStore(conf.data_dir, conf.name)
+    fd, inode = open_netns(netns)
+    os.close(fd)
+    store = st.StateStore(conf.data_dir, conf.name, log)
     rec = store.load(cid, ifname)
-    if rec is None or "corrupt" in rec:
-        raise CniError(ERR_UNKNOWN_CONTAINER, f"no cxi record for {cid}/{ifname}")
+    if not isinstance(rec, st.Record):
+        raise CniError(ERR_UNKNOWN_CONTAINER, f"no cxi record for {cid}/{ifname}",
+                       f"unreadable: {rec.why}" if rec is not None else "")
     nic.require_real_or_chosen()     # cni-config: CHECK, like ADD, only on a chosen device
     adopt_sim_root(rec)
-    inode = netns_inode(netns)
     problems = []
-    if rec.get("phase") != st.PHASE_READY:
-        problems.append(f"record is in phase {rec.get('phase')!r}")
-    if rec.get("netnsInode") != inode:
-        problems.append(f"netns inode {inode} differs from the recorded {rec.get('netnsInode')}")
-    want_vnis = sorted(rec.get("vnis") or ())
+    if rec.phase != st.PHASE_READY:
+        problems.append(f"record is in phase {rec.phase!r}")
+    if rec.netns_inode != inode:
+        problems.append(f"netns inode {inode} differs from the recorded {rec.netns_inode}")
+    want_vnis = sorted(rec.vnis)
     if conf.vnis is not None and sorted(conf.vnis) != want_vnis:
         problems.append(f"configured VNIs {conf.vnis} differ from the recorded {want_vnis}")
-    if want_vnis and not rec.get("services"):
+    if want_vnis and not rec.services:
         problems.append("no service recorded")
+    if rec.services and rec.pin and nsmod.pinned_inode(store.pin_path(rec)) != rec.netns_inode:
+        problems.append("the netns pin is missing")
     devs = Devices()
     try:
-        for entry in rec.get("services") or ():
-            name, sid = entry.get("device"), entry.get("svc")
-            if not isinstance(sid, int):
+        for entry in rec.services:
+            name, sid = entry.device, entry.svc
+            if sid is None:
                 problems.append(f"{name}: no service ID recorded")
                 continue
             try:
@@ -395,51 +444,107 @@ def cmd_check(conf, env, log):
     return None
 
 
-def cmd_gc(conf, env, log):
-    store = st.StateStore(conf.data_dir, conf.name)
-    if not os.path.isdir(store.dir):
-        vnisrc.gc_holders(conf, log)     # cni-config: e.g. records lost with /run, DB kept
-        return None
-    valid = conf.valid_attachments or set()
-    errors = []
-    devs = Devices()
+REASON_NOT_VALID = "not_valid"
+REASON_DELETING = "busy_at_del"
+REASON_NETNS_GONE = "netns_gone"
+REASON_UNREADABLE = "unreadable"
+
+
+class SweepResult:
+    """What :func:`sweep` did: ``removed`` {reason: records released}, ``problems`` (what is
+    left, truthfully), ``unverifiable`` (records whose pod cannot be judged from here)."""
+    __slots__ = ("removed", "problems", "unverifiable")
+
+    def __init__(self):
+        self.removed, self.problems, self.unverifiable = {}, [], 0
+
+
+def pod_gone(store, rec):
+    """True when the pod of ``rec`` is gone -- nothing but the plugin's own pins refers to its
+    network namespace any more and the runtime's netns file is gone or names another namespace
+    -- False when alive, None when that cannot be told from here
+    (:func:`pycxi.cni.netns.pod_state`)."""
+    return nsmod.pod_state(rec.netns, rec.netns_inode, store.data_dir)
+
+
+def sweep(data_dir, log, network=None, valid=None, conf=None, devs=None):
+    """Release the attachments that are dead: GC's body, and the entry point of a node's
+    periodic sweep.  Returns a :class:`SweepResult`.
+
+    Under the node lock, for ``network`` (every network when None): every record not in
+    ``valid`` (a set of (containerID, ifname); None: no list), every record in phase
+    ``deleting``, and every record whose pod is gone (:func:`pod_gone`) is released --
+    services first, then the netns pin, then the record.  ``conf`` (optional) gives the destroy
+    retries and a local allocator for records that lack one; ``devs`` a :class:`Devices` to
+    reuse (closed by the caller).  Must run where the runtime's netns files are visible."""
+    res = SweepResult()
+    store = st.StateStore(data_dir, network if network is not None else "_", log)
+    if network is not None and not _has_state(store):
+        return res
+    if network is None and not os.path.isdir(data_dir):
+        return res
+    own = devs is None
+    devs = Devices() if own else devs
     try:
         with store.lock():
-            store.clean_tmp()
             store.clean_index()
             all_records = store.all_records()
             for rec in all_records:
                 adopt_sim_root(rec)
-            for rec in store.records():
-                if "corrupt" in rec:
-                    teardown(store, rec, conf, devs, log, all_records)
-                    continue
-                key = (rec.get("containerID"), rec.get("ifname"))
-                why = None
-                if key not in valid:
-                    why = "not a valid attachment"
-                elif rec.get("phase") == st.PHASE_DELETING:
-                    why = "deleted, services were busy"
-                elif rec.get("services") and not st.netns_alive(rec.get("netns"), rec.get("netnsInode")):
-                    why = "netns gone"
-                if why is None:
-                    continue
-                log.info(f"GC {key[0]}/{key[1]}: {why}")
-                try:
-                    done, errs = teardown(store, rec, conf, devs, log, all_records)
-                    errors.extend(f"{key[0]}/{key[1]}: {e}" for e in errs)
-                    if not done and not errs:
-                        errors.append(f"{key[0]}/{key[1]}: service still busy (disabled)")
-                except Exception as exc:
-                    errors.append(f"{key[0]}/{key[1]}: {from_exception(exc)}")
-            try:       # cni-config: local-allocator holders the runtime no longer knows
-                vnisrc.gc_holders(conf, log)
-            except Exception as exc:
-                errors.append(f"local VNI holders: {from_exception(exc)}")
+            for s in [store] if network is not None else store.network_stores():
+                s.clean_tmp()
+                for rec in s.records():
+                    _sweep_one(s, rec, conf, devs, log, valid, all_records, res)
     finally:
-        devs.close()
-    if errors:
-        raise CniError(ERR_GC, f"GC left {len(errors)} problem(s)", "; ".join(errors))
+        if own:
+            devs.close()
+    return res
+
+
+def _sweep_one(store, rec, conf, devs, log, valid, all_records, res):
+    if isinstance(rec, st.Unreadable):
+        done, errs = teardown(store, rec, conf, devs, log, all_records)
+        res.problems.extend(errs)
+        if done:
+            res.removed[REASON_UNREADABLE] = res.removed.get(REASON_UNREADABLE, 0) + 1
+        return
+    who = f"{rec.network}/{rec.container_id}/{rec.ifname}"
+    if valid is not None and rec.key not in valid:
+        why = REASON_NOT_VALID
+    elif rec.phase == st.PHASE_DELETING:
+        why = REASON_DELETING
+    else:
+        gone = pod_gone(store, rec)
+        if gone is None:
+            res.unverifiable += 1
+            return
+        if not gone:
+            return
+        why = REASON_NETNS_GONE
+    log.info(f"sweep: releasing {who} ({why})")
+    try:
+        done, errs = teardown(store, rec, conf, devs, log, all_records)
+    except Exception as exc:
+        res.problems.append(f"{who}: {from_exception(exc)}")
+        return
+    res.problems.extend(f"{who}: {e}" for e in errs)
+    if done:
+        res.removed[why] = res.removed.get(why, 0) + 1
+        # its service IDs no longer count as taken
+        all_records[:] = [r for r in all_records if getattr(r, "path", None) != rec.path]
+    else:
+        res.problems.extend(f"{who}: {k}" for k in kept_services(rec))
+
+
+def cmd_gc(conf, env, log):
+    problems = sweep(conf.data_dir, log, network=conf.name, valid=conf.valid_attachments or set(),
+                     conf=conf).problems
+    try:       # cni-config: local-allocator holders the runtime no longer knows
+        vnisrc.gc_holders(conf, log)
+    except Exception as exc:
+        problems.append(f"local VNI holders: {from_exception(exc)}")
+    if problems:
+        raise CniError(ERR_GC, f"GC left {len(problems)} problem(s)", "; ".join(problems))
     return None
 
 

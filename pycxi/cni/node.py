@@ -12,14 +12,13 @@ service bound to a dead network namespace is a hazard: the kernel reuses netns i
 
 Each sweep, under the plugin's node-wide lock:
 
-* **records** (every network under ``dataDir``): a record in phase ``deleting`` (DEL left a busy
-  service), or whose network namespace is gone, is torn down as DEL/GC would (services destroyed,
-  local VNI released, record and index link removed).  A namespace is gone when its recorded pin
-  (``/run/netns/...``: containerd, CRI-O, podman) no longer exists or holds another namespace --
-  also when the kernel has reused the inode number meanwhile.  When the pin's directory is not
-  visible here (mount the host's ``/run/netns``) or the path is a ``/proc/<pid>`` one, the
-  record is left alone unless a mount or process here still has it, and counted as
-  *unverifiable*;
+* **records** (every network under ``dataDir``): the plugin's own sweep (``commands.sweep``, GC's
+  body).  A record in phase ``deleting`` (DEL left a busy service), or whose pod is gone, is torn
+  down as DEL/GC would (services destroyed, then the netns pin, local VNI released, record and
+  index link removed).  A pod is gone when nothing but the plugin's pin refers to its namespace
+  and the runtime's netns file (``/run/netns/...``: containerd, CRI-O, podman) no longer exists
+  or holds another namespace.  When that file's directory is not visible here (mount the host's
+  ``/run/netns``), the record is left alone and counted as *unverifiable*;
 * **orphans**: services on a NIC that no record knows, bound to a network namespace that no longer
   exists (e.g. a state directory wiped under running pods).  They are counted, and destroyed with
   ``--remove-orphans``.  Services with uid/gid members, unbound ones and the default service are
@@ -42,11 +41,8 @@ import threading
 import time
 
 from pycxi.cni import state as st
+from pycxi.cni.commands import REASON_DELETING, REASON_NETNS_GONE, REASON_UNREADABLE as REASON_CORRUPT
 from pycxi.cni.log import Log
-
-REASON_NETNS_GONE = "netns_gone"
-REASON_DELETING = "busy_at_del"
-REASON_CORRUPT = "unreadable"
 
 RSRC_TOTALS = (("PTE", "num_ptes"), ("TXQ", "num_txqs"), ("TGQ", "num_tgqs"), ("EQ", "num_eqs"),
                ("CT", "num_cts"), ("LE", "num_les"), ("TLE", "num_tles"), ("AC", "num_acs"))
@@ -73,88 +69,12 @@ class Stats:
         self.unverifiable = 0
 
 
-def _netns_gone(path, inode):
-    """True: the pod's netns is gone; False: alive; None: cannot tell from here.
-
-    The recorded path is authoritative when it can be checked here: every runtime that calls
-    CNI with a pinned namespace (containerd, CRI-O, podman: ``/run/netns/...``) removes the pin
-    when it is done with the sandbox, so a missing pin, or a pin now holding another namespace,
-    means the pod is gone -- even if the kernel has meanwhile given the inode number to another
-    namespace (exactly when a leftover service is dangerous: it would admit that namespace).
-    ``/proc/<pid>/ns/net`` paths and pins in directories not visible here cannot be checked:
-    alive if a mount or process here has the inode, else unknown."""
-    if not isinstance(inode, int) or inode <= 0:
-        return True
-    if isinstance(path, str) and path.startswith("/") and not path.startswith("/proc/") \
-            and os.path.isdir(os.path.dirname(path)):
-        try:
-            return os.stat(path).st_ino != inode
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return None
-    return False if st.netns_alive(path, inode) else None
-
-
-def _why(rec):
-    """Why the sweep should release ``rec``, or None; "unverifiable" when it cannot tell."""
-    if "corrupt" in rec:
-        return REASON_CORRUPT
-    if rec.get("phase") == st.PHASE_DELETING:
-        return REASON_DELETING
-    gone = _netns_gone(rec.get("netns"), rec.get("netnsInode"))
-    if gone is None:
-        return "unverifiable"
-    return REASON_NETNS_GONE if gone else None
-
-
 def sweep_records(data_dir, log, devs):
-    """One pass over every network's records under the node lock.
-
-    Returns ({reason: removed}, [errors], unverifiable).  The one place the node component calls
-    the plugin's release code (``commands.teardown``, as DEL and GC do)."""
+    """One pass over every network's records under the node lock: the plugin's own sweep
+    (``commands.sweep``, GC's body).  Returns ({reason: removed}, [problems], unverifiable)."""
     from pycxi.cni import commands
-    removed = {}
-    errors = []
-    unverifiable = 0
-    networks = sorted(n for n in os.listdir(data_dir)
-                      if n != "by-netns" and os.path.isdir(os.path.join(data_dir, n)))
-    if not networks:
-        return removed, errors, unverifiable
-    store0 = st.StateStore(data_dir, networks[0])
-    with store0.lock():
-        store0.clean_index()
-        all_records = store0.all_records()
-        for rec in all_records:
-            commands.adopt_sim_root(rec)
-        for net in networks:
-            store = st.StateStore(data_dir, net)
-            store.clean_tmp()
-            for rec in store.records():
-                why = _why(rec)
-                if why is None:
-                    continue
-                if why == "unverifiable":
-                    unverifiable += 1
-                    continue
-                path = os.path.normpath(rec.get("_path") or rec.get("corrupt") or "")
-                what = rec.get("corrupt") or f"{net}/{rec.get('containerID')}/{rec.get('ifname')}"
-                log.info(f"sweep: releasing {what} ({why})")
-                try:
-                    done, errs = commands.teardown(store, rec, None, devs, log, all_records)
-                except Exception as exc:
-                    from pycxi.cni.errors import from_exception
-                    errors.append(f"{what}: {from_exception(exc)}")
-                    continue
-                errors.extend(f"{what}: {e}" for e in errs)
-                if not done and not errs:
-                    errors.append(f"{what}: service still busy (LNIs open): kept for the next sweep")
-                if done:
-                    removed[why] = removed.get(why, 0) + 1
-                    # drop the released record so its service IDs no longer count as taken
-                    all_records[:] = [r for r in all_records
-                                      if os.path.normpath(r.get("_path") or "") != path]
-    return removed, errors, unverifiable
+    res = commands.sweep(data_dir, log, devs=devs)
+    return res.removed, res.problems, res.unverifiable
 
 
 def scan_devices(data_dir, log, devs, remove_orphans):
@@ -169,12 +89,13 @@ def scan_devices(data_dir, log, devs, remove_orphans):
 
 def _scan_devices(data_dir, log, devs, remove_orphans):
     from pycxi.cni import nic
+    from pycxi.cni.netns import in_use
     out = {"services": {}, "in_use": {}, "totals": {}, "tle_pools": {}, "orphans": {},
            "orphans_removed": 0, "errors": []}
     records = st.StateStore(data_dir, "_").all_records() if os.path.isdir(data_dir) else []
     taken = st.recorded_ids(records)
-    intents = [(r.get("netnsInode"), sorted(r.get("vnis") or ())) for r in records
-               if any(isinstance(s, dict) and s.get("svc") is None for s in r.get("services") or ())]
+    intents = [(r.netns_inode, sorted(r.vnis)) for r in records
+               if isinstance(r, st.Record) and any(s.svc is None for s in r.services)]
     import pycxi
     for info in pycxi.devices():
         name = info.name
@@ -203,7 +124,7 @@ def _scan_devices(data_dir, log, devs, remove_orphans):
                     continue       # not bound to a netns, or has uid/gid members: not ours
                 if (ino, sorted(d.vnis or ())) in intents:
                     continue       # an interrupted ADD's service: its record's DEL/GC owns it
-                if st.netns_alive(None, ino):
+                if in_use(None, ino, None):
                     continue
                 orphans.append(d.svc_id)
             removed = 0
@@ -242,10 +163,9 @@ def sweep_once(data_dir, stats, log, remove_orphans=False):
         errors.extend(dv["errors"])
         records = {}
         if os.path.isdir(data_dir):
-            for n in os.listdir(data_dir):
-                d = os.path.join(data_dir, n)
-                if n != "by-netns" and os.path.isdir(d):
-                    records[n] = len(st.StateStore(data_dir, n).records())
+            for rec in st.StateStore(data_dir, "_").all_records():
+                if isinstance(rec, st.Record):
+                    records[rec.network] = records.get(rec.network, 0) + 1
     finally:
         devs.close()
     for e in errors:

@@ -95,18 +95,11 @@ def nothing_to_delete(env, data):
     if not (_plain_name(net) and _plain_name(cid) and _plain_name(ifname, 15)
             and isinstance(data_dir, str) and data_dir.startswith("/")):
         return False
-    from pycxi.cni.state import StateStore      # stdlib-only module: os, fcntl, json, errno
-    store = StateStore(data_dir, net)
-    if os.path.lexists(store.path(cid, ifname)):
-        return False
+    from pycxi.cni.state import StateStore      # stdlib-only module: os, fcntl, json
     try:
-        names = os.listdir(store.index_dir)
-    except FileNotFoundError:
-        return True
+        return StateStore(data_dir, net).nothing_for(cid, ifname)
     except OSError:
         return False
-    suffix = f":{net}:{store.filename(cid, ifname)}"
-    return not any(n.endswith(suffix) for n in names)
 
 
 def main(argv=None):

@@ -1,45 +1,292 @@
 """Per-attachment state records, the only link between a pod and its CXI service IDs.
 
 Layout under ``dataDir`` (default ``/run/cni/cxi``; services do not survive a reboot, nor does
-tmpfs)::
+tmpfs).  Only the three top-level names below are ever made by this version; every name derived
+from input (network name, containerID, ifname) is :func:`encode`\\ d, so it never contains ``/``
+or ``.`` and can never equal a fixed name, another network's directory or another record::
 
-    <dataDir>/lock                               one flock for every cxi network on the node
-    <dataDir>/<network>/<containerID>_<ifname>.json
-    <dataDir>/by-netns/<inode>:<network>:<containerID>_<ifname>   -> ../<network>/<...>.json
+    <dataDir>/lock                                  one flock for every cxi network on the node
+    <dataDir>/_networks/<E(network)>/<E(containerID)>.<E(ifname)>.json    the record
+    <dataDir>/_networks/<E(network)>/<E(containerID)>.<E(ifname)>.netns   the netns pin (a mount)
+    <dataDir>/_index/<inode>.<E(network)>.<E(containerID)>.<E(ifname)>    -> the record (symlink)
 
-The ``by-netns`` symlinks index the records by netns inode, so that ADD and DEL find the records
-sharing a netns (inode reuse, shared namespaces) without reading every record on the node.  A
-link is made before its record's intent is written and removed after the record; a dangling
-link (a writer died in between) is ignored and removed.
+``E`` keeps ``[A-Za-z0-9_-]`` and writes any other character as ``%XX`` per UTF-8 byte
+(reversible: :func:`decode`); ``.`` only ever separates encoded parts.  A name longer than
+:data:`MAX_NAME` is replaced by ``~`` and the SHA-256 of its encoded form (``~`` is never
+produced by ``E``).  Temporary files start with ``.``, which ``E`` never produces either.
+
+The ``_index`` links index the records by netns inode, so that ADD finds the records sharing a
+netns without reading every record on the node.  A link is made before its record's intent is
+written and removed after the record; a dangling link (a writer died in between) is ignored and
+removed.
 
 A record is written atomically (temporary file in the same directory, then rename) and only
-while the lock is held.  ADD writes it three times: the intent (devices, netns inode, VNIs, no
-service IDs yet) *before* any service exists, then each service ID as soon as the device returns
-it, then ``phase: ready``.  So every service the plugin creates is either recorded or can be
-found from an intent (see :func:`pycxi.cni.commands.find_orphans`).
+while the lock is held.  ADD writes it: the intent (devices, netns inode, VNIs, ``pin``, no
+service IDs yet) *before* the pin and before any service exists, then each service ID as soon as
+the device returns it, then ``phase: ready``.  So every service the plugin creates, and every
+pin, is either recorded or can be found from an intent.
+
+Version 1 (the layout before this one: ``<dataDir>/<network>/<containerID>_<ifname>.json``, and
+``<dataDir>/by-netns``) is migrated under the lock by the first call of a newer plugin
+(:meth:`StateStore.migrate_legacy`): pods running across a plugin upgrade keep being found by
+DEL and GC, and get their namespace pinned if it still exists.
 """
-import errno
 import fcntl
 import json
 import os
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 PHASE_ADDING = "adding"
 PHASE_READY = "ready"
 PHASE_DELETING = "deleting"
+PHASES = (PHASE_ADDING, PHASE_READY, PHASE_DELETING)
 
+# service entry states: "intent" (no ID yet), "enabled", "disabled" (kept: LNIs remain, admits
+# no new LNI), "busy" (kept: LNIs remain and the driver refused to disable it -- still enabled)
+SVC_STATES = ("intent", "enabled", "disabled", "busy")
+
+LOCK = "lock"
+NETWORKS = "_networks"
+INDEX = "_index"
+LEGACY_INDEX = "by-netns"
+MAX_NAME = 200
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+# --------------------------------------------------------------------------------------------
+# names
+
+def encode(s):
+    """A file-name-safe, reversible spelling of ``s``: ``[A-Za-z0-9_-]`` kept, any other
+    character ``%XX`` per UTF-8 byte (lone surrogates too, e.g. undecodable environment bytes)."""
+    if _SAFE.issuperset(s):
+        return s or "%"          # "" would be no name at all; a lone % is no other encoding
+    out = []
+    for ch in s:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def decode(e):
+    """Inverse of :func:`encode`."""
+    if "%" not in e or e == "%":
+        return "" if e == "%" else e
+    buf = bytearray()
+    i = 0
+    while i < len(e):
+        if e[i] == "%":
+            buf.append(int(e[i + 1:i + 3], 16))
+            i += 3
+        else:
+            buf.extend(e[i].encode())
+            i += 1
+    return buf.decode("utf-8", "surrogatepass")
+
+
+def name_of(*parts):
+    """The file name for ``parts`` (each encoded, joined by ``.``), hashed when too long."""
+    joined = ".".join(encode(p) for p in parts)
+    if len(joined) <= MAX_NAME:
+        return joined
+    import hashlib
+    return "~" + hashlib.sha256(joined.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# the record
+
+class BadRecord(ValueError):
+    pass
+
+
+def _want(d, key, types, default=None, optional=True):
+    """``d[key]`` if it has one of ``types`` (a bool is not an int here), else BadRecord."""
+    v = d.get(key, default)
+    if v is None and optional:
+        return None
+    if not isinstance(v, types) or (type(v) is bool and types is not bool):
+        raise BadRecord(f"{key}: expected {getattr(types, '__name__', types)}, got {v!r}")
+    return v
+
+
+class ServiceEntry:
+    """One service of an attachment on one device."""
+    __slots__ = ("device", "svc", "state")
+    device: str
+    svc: "int | None"          # None while an intent
+    state: str                 # one of SVC_STATES
+
+    def __init__(self, device, svc=None, state="intent"):
+        self.device, self.svc, self.state = device, svc, state
+
+    def to_dict(self):
+        return {"device": self.device, "svc": self.svc, "state": self.state}
+
+    @classmethod
+    def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise BadRecord(f"services: expected objects, got {d!r}")
+        dev = _want(d, "device", str, optional=False)
+        svc = _want(d, "svc", int)
+        state = d.get("state", "intent" if svc is None else "enabled")
+        if state not in SVC_STATES or (svc is None) != (state == "intent"):
+            raise BadRecord(f"services: bad state {state!r} for svc {svc!r}")
+        return cls(dev, svc, state)
+
+    def __repr__(self):
+        return f"ServiceEntry({self.device!r}, {self.svc!r}, {self.state!r})"
+
+
+class Record:
+    """The state of one attachment (network, containerID, ifname): what ADD made for it.
+
+    Loaded and validated only by :meth:`from_dict`; written only by :meth:`to_dict`.  ``path``
+    (where it lives) is not part of the file."""
+    __slots__ = ("network", "container_id", "ifname", "netns", "netns_inode", "pin", "vnis",
+                 "vni_source", "vni_key", "vni_release", "local_allocator", "phase", "services",
+                 "pid", "time", "sim_root", "path")
+    network: str
+    container_id: str
+    ifname: str
+    netns: "str | None"            # the runtime's CNI_NETNS at ADD
+    netns_inode: int               # what the services are bound to
+    pin: bool                      # a pin of the netns may exist at <record>.netns
+    vnis: "list[int]"
+    vni_source: "str | None"
+    vni_key: "str | None"          # local allocator: the key to release
+    vni_release: bool              # local allocator: release on DEL (per-pod key)
+    local_allocator: "dict | None"
+    phase: str                     # one of PHASES
+    services: "list[ServiceEntry]"
+    pid: int
+    time: int
+    sim_root: "str | None"         # software device: the PYCXI_SIM_ROOT of the services
+    path: "str | None"
+
+    def __init__(self, network, container_id, ifname, netns=None, netns_inode=0, pin=False,
+                 vnis=(), vni_source=None, vni_key=None, vni_release=False, local_allocator=None,
+                 phase=PHASE_ADDING, services=(), pid=0, time=0, sim_root=None, path=None):
+        self.network, self.container_id, self.ifname = network, container_id, ifname
+        self.netns, self.netns_inode, self.pin = netns, netns_inode, pin
+        self.vnis = list(vnis)
+        self.vni_source, self.vni_key, self.vni_release = vni_source, vni_key, vni_release
+        self.local_allocator = local_allocator
+        self.phase, self.services = phase, list(services)
+        self.pid, self.time, self.sim_root, self.path = pid, time, sim_root, path
+
+    @property
+    def key(self):
+        return (self.container_id, self.ifname)
+
+    def to_dict(self):
+        d = {"version": RECORD_VERSION, "network": self.network, "containerID": self.container_id,
+             "ifname": self.ifname, "netns": self.netns, "netnsInode": self.netns_inode,
+             "pin": self.pin, "vnis": list(self.vnis), "phase": self.phase,
+             "services": [s.to_dict() for s in self.services], "pid": self.pid, "time": self.time}
+        for k, v in (("vniSource", self.vni_source), ("vniKey", self.vni_key),
+                     ("localAllocator", self.local_allocator), ("simRoot", self.sim_root)):
+            if v is not None:
+                d[k] = v
+        if self.vni_release:
+            d["vniRelease"] = True
+        return d
+
+    @classmethod
+    def from_dict(cls, d, path=None, network=None):
+        """Validate a parsed record (version 1 or 2).  ``network``: the network of a version-1
+        record that lacks the field (its directory name)."""
+        if not isinstance(d, dict):
+            raise BadRecord("not an object")
+        version = d.get("version", 1)
+        if version not in (1, RECORD_VERSION):
+            raise BadRecord(f"unknown record version {version!r}")
+        vnis = _want(d, "vnis", list, [])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in vnis):
+            raise BadRecord(f"vnis: expected integers, got {vnis!r}")
+        phase = d.get("phase", PHASE_ADDING)
+        if phase not in PHASES:
+            raise BadRecord(f"phase: {phase!r}")
+        services = _want(d, "services", list, [])
+        inode = _want(d, "netnsInode", int, 0) or 0
+        la = _want(d, "localAllocator", dict)
+        return cls(network=_want(d, "network", str, network, optional=False),
+                   container_id=_want(d, "containerID", str, optional=False),
+                   ifname=_want(d, "ifname", str, optional=False),
+                   netns=_want(d, "netns", str), netns_inode=inode,
+                   pin=version >= 2 and d.get("pin") is True,
+                   vnis=vnis, vni_source=_want(d, "vniSource", str), vni_key=_want(d, "vniKey", str),
+                   vni_release=d.get("vniRelease") is True, local_allocator=la, phase=phase,
+                   services=[ServiceEntry.from_dict(s) for s in services],
+                   pid=_want(d, "pid", int, 0) or 0, time=_want(d, "time", int, 0) or 0,
+                   sim_root=_want(d, "simRoot", str), path=path)
+
+    def __repr__(self):
+        return (f"Record({self.network!r}, {self.container_id!r}, {self.ifname!r}, "
+                f"inode={self.netns_inode}, phase={self.phase!r}, services={self.services!r})")
+
+
+class Unreadable:
+    """A record file that cannot be parsed or validated (``path``, ``why``)."""
+    __slots__ = ("path", "why")
+
+    def __init__(self, path, why):
+        self.path, self.why = path, why
+
+    def __repr__(self):
+        return f"Unreadable({self.path!r}, {self.why!r})"
+
+
+def read_record(path, network=None):
+    """Record, Unreadable, or None when ``path`` does not exist."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        return Unreadable(path, "a directory")
+    try:
+        return Record.from_dict(json.loads(data), path, network)
+    except (ValueError, UnicodeDecodeError) as exc:     # BadRecord and JSONDecodeError too
+        return Unreadable(path, str(exc))
+
+
+def recorded_ids(records, exclude=None):
+    """{(device, svc_id)} of every service recorded in ``records`` (minus path ``exclude``)."""
+    out = set()
+    for r in records:
+        if isinstance(r, Record) and r.path != exclude:
+            out.update((s.device, s.svc) for s in r.services if s.svc is not None)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the lock and the store
 
 class Lock:
     """``with Lock(path):`` -- an exclusive flock on ``path`` (created 0600 if missing)."""
 
-    def __init__(self, path):
+    def __init__(self, path, after=None):
         self.path = path
+        self.after = after
         self.fd = -1
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except IsADirectoryError:
+            # version 1 let a network be named "lock": its directory sits where the lock
+            # belongs.  Every call of that version failed there, so it is empty.
+            os.rmdir(self.path)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
+            if self.after is not None:
+                self.after()
         except BaseException:
             os.close(self.fd)
             self.fd = -1
@@ -53,36 +300,50 @@ class Lock:
 
 
 class StateStore:
-    """Records of one network under ``data_dir``."""
+    """Records of one network under ``data_dir`` (and the node-wide index and lock)."""
 
-    def __init__(self, data_dir, network):
-        data_dir = os.path.normpath(data_dir)
-        self.data_dir = data_dir
+    def __init__(self, data_dir, network, log=None):
+        self.data_dir = os.path.normpath(data_dir)
         self.network = network
-        self.dir = os.path.join(data_dir, network)
+        self.log = log
+        self.networks_dir = os.path.join(self.data_dir, NETWORKS)
+        self.dir = os.path.join(self.networks_dir, name_of(network))
+        self.index_dir = os.path.join(self.data_dir, INDEX)
+
+    def for_network(self, network):
+        return StateStore(self.data_dir, network, self.log)
 
     def ensure_dirs(self):
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
     def lock(self):
+        """The node-wide lock; once held, records of the previous layout are migrated."""
         self.ensure_dirs()
-        return Lock(os.path.join(self.data_dir, "lock"))
+        return Lock(os.path.join(self.data_dir, LOCK), after=self.migrate_legacy)
 
-    @staticmethod
-    def filename(container_id, ifname):
-        return f"{container_id}_{ifname}.json"
+    # -- names
+    def stem(self, container_id, ifname):
+        return os.path.join(self.dir, name_of(container_id, ifname))
 
     def path(self, container_id, ifname):
-        return os.path.join(self.dir, self.filename(container_id, ifname))
+        return self.stem(container_id, ifname) + ".json"
 
+    @staticmethod
+    def pin_path(rec):
+        return rec.path[:-len(".json")] + ".netns"
+
+    def new_record(self, container_id, ifname, **kw):
+        return Record(self.network, container_id, ifname, path=self.path(container_id, ifname), **kw)
+
+    # -- records
     def load(self, container_id, ifname):
-        return _read(self.path(container_id, ifname))
+        return read_record(self.path(container_id, ifname), self.network)
 
     def save(self, rec):
-        rec["version"] = RECORD_VERSION
-        path = self.path(rec["containerID"], rec["ifname"])
-        tmp = os.path.join(self.dir, f".{os.getpid()}.tmp")
-        data = json.dumps(rec, sort_keys=True).encode()
+        """Write ``rec`` atomically at ``rec.path`` (any network's)."""
+        d = os.path.dirname(rec.path)
+        tmp = os.path.join(d, f".{os.getpid()}.tmp")
+        data = json.dumps(rec.to_dict(), sort_keys=True).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
@@ -90,35 +351,80 @@ class StateStore:
             os.close(fd)
         # No fsync: a record must survive the death of the process (rename is atomic), not of
         # the machine -- CXI services do not survive a reboot either (dataDir is on tmpfs).
-        os.rename(tmp, path)
+        os.rename(tmp, rec.path)
 
-    # -- the by-netns index
-    @property
-    def index_dir(self):
-        return os.path.join(self.data_dir, "by-netns")
+    def remove(self, rec):
+        try:
+            os.unlink(rec.path)
+        except FileNotFoundError:
+            pass
 
+    def records(self):
+        """Every record of this network (Record or Unreadable)."""
+        return _scan(self.dir, self.network)
+
+    def all_records(self):
+        """Every record of every network (used to know which service IDs are taken)."""
+        out = []
+        try:
+            names = os.listdir(self.networks_dir)
+        except FileNotFoundError:
+            return out
+        for n in sorted(names):
+            if not n.startswith("."):
+                out.extend(_scan(os.path.join(self.networks_dir, n)))
+        return out
+
+    def network_stores(self):
+        """A store for every network that has a directory (names read from its records)."""
+        out = []
+        for rec in self.all_records():
+            if isinstance(rec, Record) and not any(s.dir == os.path.dirname(rec.path) for s in out):
+                out.append(self.for_network(rec.network))
+        return out
+
+    def clean_tmp(self):
+        """Remove temporary files of writers that are gone (a writer SIGKILLed mid-save)."""
+        _clean_tmp(self.dir)
+
+    def nothing_for(self, container_id, ifname):
+        """Whether provably nothing of (network, containerID, ifname) is stored: no record, no
+        index link, no record of the previous layout (DEL's fast path; no lock needed: a record
+        is created only by an ADD of the same attachment, which the runtime does not run
+        concurrently with its DEL)."""
+        if os.path.lexists(self.path(container_id, ifname)) or os.path.lexists(
+                os.path.join(self.data_dir, LEGACY_INDEX)) or os.path.lexists(
+                os.path.join(self.data_dir, self.network, f"{container_id}_{ifname}.json")):
+            return False
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return True
+        suffix = "." + name_of(self.network, container_id, ifname)
+        return not any(n.endswith(suffix) and n[:-len(suffix)].isdigit() for n in names)
+
+    # -- the by-inode index
     def _link(self, inode, network, container_id, ifname):
-        return os.path.join(self.index_dir, f"{inode}:{network}:{self.filename(container_id, ifname)}")
+        return os.path.join(self.index_dir, f"{inode}.{name_of(network, container_id, ifname)}")
 
     def index(self, rec):
         os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
-        target = os.path.join("..", rec["network"], self.filename(rec["containerID"], rec["ifname"]))
+        target = os.path.relpath(rec.path, self.index_dir)
         try:
-            os.symlink(target, self._link(rec["netnsInode"], rec["network"], rec["containerID"], rec["ifname"]))
+            os.symlink(target, self._link(rec.netns_inode, rec.network, rec.container_id, rec.ifname))
         except FileExistsError:
             pass
 
     def unindex(self, rec):
         try:
-            os.unlink(self._link(rec.get("netnsInode"), rec.get("network"), rec.get("containerID"),
-                                 rec.get("ifname")))
-        except (FileNotFoundError, TypeError):
+            os.unlink(self._link(rec.netns_inode, rec.network, rec.container_id, rec.ifname))
+        except FileNotFoundError:
             pass
 
     def same_netns(self, inode):
         """Records (of every network) whose netns inode is ``inode``, from the index."""
         out = []
-        prefix = f"{inode}:"
+        prefix = f"{inode}."
         try:
             names = os.listdir(self.index_dir)
         except FileNotFoundError:
@@ -127,29 +433,30 @@ class StateStore:
             if not n.startswith(prefix):
                 continue
             link = os.path.join(self.index_dir, n)
-            rec = _read(os.path.join(self.index_dir, os.readlink(link))) if os.path.islink(link) else None
-            if rec is None or rec.get("netnsInode") != inode:
+            try:
+                target = os.path.normpath(os.path.join(self.index_dir, os.readlink(link)))
+            except OSError:
+                continue
+            rec = read_record(target) if target.startswith(self.networks_dir + os.sep) else None
+            if not isinstance(rec, Record) or rec.netns_inode != inode:
                 try:
                     os.unlink(link)          # dangling, or the record moved on to another netns
                 except FileNotFoundError:
                     pass
-                if rec is None:
-                    continue
-            if "corrupt" not in rec:
-                rec["_path"] = os.path.normpath(rec["_path"])
-                out.append(rec)
+                continue
+            out.append(rec)
         return out
 
     def unindex_key(self, container_id, ifname):
         """Remove the index link of (network, containerID, ifname) whatever its inode (DEL of a
         record that was never written: an ADD killed between the link and the intent)."""
-        suffix = f":{self.network}:{self.filename(container_id, ifname)}"
+        suffix = "." + name_of(self.network, container_id, ifname)
         try:
             names = os.listdir(self.index_dir)
         except FileNotFoundError:
             return
         for n in names:
-            if n.endswith(suffix):
+            if n.endswith(suffix) and n[:-len(suffix)].isdigit():
                 try:
                     os.unlink(os.path.join(self.index_dir, n))
                 except FileNotFoundError:
@@ -168,43 +475,91 @@ class StateStore:
                 except FileNotFoundError:
                     pass
 
-    def remove(self, container_id, ifname):
-        try:
-            os.unlink(self.path(container_id, ifname))
-        except FileNotFoundError:
-            pass
+    # -- version 1 -> 2
+    def migrate_legacy(self):
+        """Move records of the version-1 layout into this one (under the lock).
 
-    def records(self):
-        """Every record of this network (unreadable ones as ``{"corrupt": path}``)."""
-        return _scan(self.dir)
-
-    def all_records(self):
-        """Every record of every network under ``data_dir`` (used to know which IDs are taken)."""
-        out = []
+        Version 1 kept ``<dataDir>/<network>/<containerID>_<ifname>.json`` and an index in
+        ``<dataDir>/by-netns``; its network names matched ``[A-Za-z0-9][A-Za-z0-9_.-]*``, so
+        none is ``_networks`` or ``_index``.  Each record is rewritten here (version 2, the same
+        services), its namespace pinned if it still exists, and then the old file removed;
+        interrupted, the next call finishes it (an existing new record wins)."""
         try:
             names = os.listdir(self.data_dir)
         except FileNotFoundError:
-            return out
-        for n in names:
-            d = os.path.join(self.data_dir, n)
-            if n != "by-netns" and os.path.isdir(d):
-                out.extend(_scan(d))
-        return out
-
-    def clean_tmp(self):
-        """Remove temporary files of writers that are gone (a writer SIGKILLed mid-save)."""
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
             return
+        if len(names) <= 3 and all(n in (LOCK, NETWORKS, INDEX) for n in names):
+            return                        # the usual case: nothing to migrate
+        from pycxi.cni import netns as nsmod
         for n in names:
-            if n.startswith(".") and n.endswith(".tmp"):
-                pid = n[1:-4]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    try:
-                        os.unlink(os.path.join(self.dir, n))
-                    except FileNotFoundError:
-                        pass
+            if n in (LOCK, NETWORKS, INDEX) or n.startswith("."):
+                continue
+            d = os.path.join(self.data_dir, n)
+            if n == LEGACY_INDEX:
+                _remove_links(d)
+                continue
+            if os.path.islink(d) or not os.path.isdir(d):
+                continue
+            for rec in _scan(d, n):
+                if isinstance(rec, Unreadable):
+                    self._warn(f"legacy record {rec.path} is unreadable ({rec.why}); left in place")
+                    continue
+                old = rec.path
+                store = self.for_network(rec.network)
+                store.ensure_dirs()
+                new = store.path(rec.container_id, rec.ifname)
+                if not os.path.exists(new):
+                    rec.path = new
+                    if rec.services and _netns_names(rec.netns, rec.netns_inode):
+                        rec.pin = True            # intent first, then the pin
+                    store.index(rec)
+                    store.save(rec)
+                    if rec.pin:
+                        self._pin_legacy(nsmod, rec)
+                    self._warn(f"migrated record {old} to {new}" + (" (netns pinned)" if rec.pin else ""))
+                os.unlink(old)
+            _clean_tmp(d)
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    def _pin_legacy(self, nsmod, rec):
+        try:
+            fd, inode = nsmod.open_netns(rec.netns)
+            try:
+                if inode == rec.netns_inode:
+                    nsmod.pin(fd, self.pin_path(rec), inode)
+            finally:
+                os.close(fd)
+        except (OSError, nsmod.NotANetns) as exc:
+            self._warn(f"could not pin the netns of migrated record {rec.path}: {exc}")
+
+    def _warn(self, msg):
+        if self.log is not None:
+            self.log.warning(msg)
+
+
+def _netns_names(path, inode):
+    try:
+        return bool(path) and os.stat(path).st_ino == inode
+    except OSError:
+        return False
+
+
+def _remove_links(d):
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        p = os.path.join(d, n)
+        if os.path.islink(p):
+            os.unlink(p)
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
 
 
 def _pid_alive(pid):
@@ -217,23 +572,22 @@ def _pid_alive(pid):
     return True
 
 
-def _read(path):
+def _clean_tmp(d):
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        rec = json.loads(data)
-        if not isinstance(rec, dict):
-            raise ValueError("not an object")
-    except ValueError:
-        return {"corrupt": path}
-    rec["_path"] = path
-    return rec
+        names = os.listdir(d)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for n in names:
+        if n.startswith(".") and n.endswith(".tmp"):
+            pid = n[1:-4]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                try:
+                    os.unlink(os.path.join(d, n))
+                except FileNotFoundError:
+                    pass
 
 
-def _scan(d):
+def _scan(d, network=None):
     out = []
     try:
         names = os.listdir(d)
@@ -241,56 +595,7 @@ def _scan(d):
         return out
     for n in sorted(names):
         if n.endswith(".json") and not n.startswith("."):
-            rec = _read(os.path.join(d, n))
+            rec = read_record(os.path.join(d, n), network)
             if rec is not None:
                 out.append(rec)
     return out
-
-
-def recorded_ids(records, exclude=None):
-    """{(device, svc_id)} of every service recorded in ``records`` (minus record ``exclude``)."""
-    out = set()
-    for r in records:
-        if exclude is not None and r.get("_path") == exclude:
-            continue
-        for s in r.get("services") or ():
-            if isinstance(s, dict) and isinstance(s.get("svc"), int):
-                out.add((s.get("device"), s["svc"]))
-    return out
-
-
-def netns_alive(path, inode):
-    """Whether the network namespace with ``inode`` still exists.
-
-    True when ``path`` still names it; otherwise it is looked for among the nsfs bind mounts
-    of this mount namespace and the namespaces of every process.  (A namespace kept only by an
-    open file descriptor of some process, or bound in another mount namespace, is missed.)
-    """
-    if not isinstance(inode, int) or inode <= 0:
-        return False
-    if isinstance(path, str) and path:
-        try:
-            if os.stat(path).st_ino == inode:
-                return True
-        except OSError:
-            pass
-    tag = f"net:[{inode}]"
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                if tag in line:
-                    return True
-    except OSError:
-        pass
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return True      # cannot tell: assume alive, never destroy by mistake
-    for p in pids:
-        try:
-            if os.readlink(f"/proc/{p}/ns/net") == tag:
-                return True
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ESRCH, errno.EACCES, errno.EPERM):
-                return True
-    return False

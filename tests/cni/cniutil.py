@@ -222,15 +222,30 @@ def plugin_call(cni_env, command, conf, cid="c1", netns_path="", ifname="eth0", 
 def records(data_dir):
     out = []
     for root, dirs, files in os.walk(data_dir):
-        if "by-netns" in dirs:
-            dirs.remove("by-netns")       # the index (symlinks), checked by index_links()
+        if "_index" in dirs:
+            dirs.remove("_index")         # the index (symlinks), checked by index_links()
         out.extend(os.path.join(root, f) for f in files if f.endswith(".json"))
     return out
 
 
 def index_links(data_dir):
-    d = os.path.join(data_dir, "by-netns")
+    d = os.path.join(data_dir, "_index")
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def pins(data_dir):
+    """The netns pins (<record>.netns files) under data_dir."""
+    out = []
+    for root, dirs, files in os.walk(data_dir):
+        out.extend(os.path.join(root, f) for f in files if f.endswith(".netns"))
+    return sorted(out)
+
+
+def netns_mounts_under(data_dir):
+    """Mount points under data_dir (the pins that are mounted), from this mount namespace."""
+    prefix = os.path.normpath(str(data_dir)) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return sorted(line.split()[4] for line in f if line.split()[4].startswith(prefix))
 
 
 PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],

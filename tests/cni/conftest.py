@@ -77,13 +77,22 @@ def cni_env(tmp_path, sim, cni_bin):
         "localAllocator": {"path": e.vni_db, "ranges": [[5000, 65535]], "quarantine": 0},
         "kubernetes": {"kubeconfig": e.kubeconfig}, "logDir": str(tmp_path)})
     e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"], "PYCXI_CNI_POLICY": e.node_conf}
-    return e
+    try:
+        yield e
+    finally:
+        # a failed test may leave netns pins (bind mounts) under dataDir: never leak a mount
+        from cniutil import netns_mounts_under
+        for m in reversed(netns_mounts_under(e.data_dir)):
+            subprocess.run(["umount", "-l", m], capture_output=True)
 
 
 @pytest.fixture
 def tool_factory(cni_env):
     def make(host_ns=None, timeout=60):
-        prefix = ["ip", "netns", "exec", host_ns] if host_ns else []
+        # nsenter --net, not `ip netns exec`: the latter runs each plugin in a mount namespace
+        # of its own, which dies with it -- and with it the cxi plugin's netns pin.  Runtimes
+        # run plugins in their own (lasting) mount namespace.
+        prefix = ["nsenter", f"--net=/run/netns/{host_ns}"] if host_ns else []
         return CniTool(cni_env.path, cni_env.cache_dir, exec_prefix=prefix,
                        extra_env=cni_env.env, timeout=timeout)
     return make

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cniutil import (index_links, PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
+from cniutil import (index_links, netns_mounts_under, pins, PREV, PY, VERSIONS, PluginError, conflist, count_services, cxi_conf,
                       need_bridge, plugin_call, access_cmd, records, run, services, sim_reset, pyrun)
 
 pytestmark = [need_bridge]
@@ -176,7 +176,10 @@ def test_multi_nic_failure_rolls_back_first(cni_env, netns):
     assert plugin_call(cni_env, "DEL", c, cid="ctrM")[0] == 0      # the runtime's DEL after it
 
 
-def test_del_busy_service_is_disabled_then_gc(cni_env, netns):
+def test_del_busy_service_is_kept_reported_then_gc(cni_env, netns):
+    """A service with LNIs cannot be destroyed, nor disabled (the driver refuses while LNIs
+    exist): DEL and GC say so (code 11 / 106, "still ENABLED"), keep the record and the netns
+    pin, and GC removes all of it once the LNIs are gone."""
     pod = netns.add()
     c = dict(cxi_conf(cni_env, vnis=[1700], destroyRetries=2, destroyRetryDelay=0.05),
              cniVersion="1.1.0", name="n1", prevResult=PREV)
@@ -192,22 +195,28 @@ def test_del_busy_service_is_disabled_then_gc(cni_env, netns):
         assert holder.stdout.readline().strip() == "ready"
         t = time.monotonic()
         rc, out, _ = plugin_call(cni_env, "DEL", c, cid="ctrD")
-        assert rc == 0, out
+        assert rc == 1 and out["code"] == 11, out
+        assert f"cxi0 service {sid} is in use by LNIs and still ENABLED" in out["details"], out
         assert time.monotonic() - t < 5
-        assert [r["svc"] for r in services()["cxi0"]] == [sid]    # kept for GC
+        row = [r for r in services()["cxi0"] if r["svc"] == sid][0]
+        assert row["enable"]                                      # what DEL said
         [rec] = records(cni_env.data_dir)
         r = json.load(open(rec))
-        assert r["phase"] == "deleting"
-        assert {e["state"] for e in r["services"]} <= {"busy", "disabled"}
-        # GC while still busy: reported, record kept
+        assert r["phase"] == "deleting" and r["pin"] is True
+        assert {e["state"] for e in r["services"]} == {"busy"}
+        assert len(pins(cni_env.data_dir)) == 1                   # the netns stays pinned
+        # GC while still busy: reported truthfully, record and pin kept
         rc, out, _ = plugin_call(cni_env, "GC", dict(c, **{"cni.dev/valid-attachments": []}))
         assert rc == 1 and out["code"] == 106 and count_services() >= 1
+        assert "still ENABLED" in out["details"] and "disabled" not in out["details"], out
+        assert len(pins(cni_env.data_dir)) == 1
     finally:
         holder.stdin.close()
         holder.wait(10)
     rc, out, _ = plugin_call(cni_env, "GC", dict(c, **{"cni.dev/valid-attachments": []}))
     assert rc == 0, out
     assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+    assert pins(cni_env.data_dir) == [] == netns_mounts_under(cni_env.data_dir)
 
 
 def test_reused_netns_inode_reclaims_stale_record(cni_env, netns):
@@ -218,8 +227,13 @@ def test_reused_netns_inode_reclaims_stale_record(cni_env, netns):
     assert plugin_call(cni_env, "ADD", c, cid="old", netns_path=netns.path(pod))[0] == 0
     [rec] = records(cni_env.data_dir)
     r = json.load(open(rec))
-    r["netns"] = "/run/netns/was-deleted-long-ago"      # as if the old netns is gone
+    # as if made before pinning (version 1) and its netns gone since
+    r["netns"] = "/run/netns/was-deleted-long-ago"
+    r["pin"] = False
     json.dump(r, open(rec, "w"))
+    [pin] = pins(cni_env.data_dir)
+    subprocess.run(["umount", pin], check=True)
+    os.unlink(pin)
     c2 = dict(c, vnis=[1801])
     rc, out, _ = plugin_call(cni_env, "ADD", c2, cid="new", netns_path=netns.path(pod))
     assert rc == 0, out

@@ -48,17 +48,16 @@ def test_sweep_releases_lost_pods_only(cni_env, netns):
     assert rc == 0, err
     assert "releasing n2/lost/eth0 (netns_gone)" in err
     left = {os.path.basename(p) for p in records(cni_env.data_dir)}
-    assert left == {"live_eth0.json", "far_eth0.json"}
+    assert left == {"live.eth0.json", "far.eth0.json"}     # (far's: migrated to the new layout)
     ino = os.stat(netns.path(live)).st_ino
     assert {s["netns"] for rows in services().values() for s in rows} == {ino}
-    assert {os.path.basename(link).split(":", 1)[1] for link in index_links(cni_env.data_dir)} \
-        == {"n1:live_eth0.json"}
+    assert set(index_links(cni_env.data_dir)) == {f"{ino}.n1.live.eth0", "999999999.n3.far.eth0"}
 
 
 def test_orphans_counted_then_removed_on_request(cni_env, netns):
     """Services no record knows: bound to a dead netns -> orphan (destroyed only with
     --remove-orphans); bound to a live netns, or with a uid member -> never touched."""
-    from pycxi.cni.state import netns_alive
+    from pycxi.cni.netns import in_use
     mk = ("import pycxi,sys\nwith pycxi.Device('cxi0') as d:\n"
           " print(d.alloc_netns_svc(pycxi.netns_inode(sys.argv[1]), vnis=[int(sys.argv[2])], "
           "limits={'TLE': (0, 0)}))")
@@ -85,7 +84,7 @@ def test_orphans_counted_then_removed_on_request(cni_env, netns):
                 break
         # the kernel gave the freed inode to a namespace made meanwhile (other tests on this
         # machine): then the service is not an orphan -- it would admit that namespace
-        assert netns_alive(None, ino), err
+        assert in_use(None, ino, None), err
         run(pycxi_cmd() + ["-d", "cxi0", "svc", "delete", str(orphan)], env=dict(os.environ), check=True)
     else:
         pytest.skip("netns inode reused by concurrent namespaces 5 times in a row")
@@ -108,7 +107,9 @@ def test_busy_service_kept_until_its_lnis_close(cni_env, netns):
         assert holder.stdout.readline().strip() == b"held"
         rc, out, err = plugin_call(cni_env, "DEL", dict(c, destroyRetries=1, destroyRetryDelay=0.01),
                                    cid="busy", netns_path=netns.path(pod))
-        assert rc == 0, (out, err)                       # DEL leaves the busy service to GC
+        # DEL says the truth: the service is still enabled (the driver refuses to disable a
+        # service with LNIs); the record stays for a retried DEL or the sweep
+        assert rc == 1 and out["code"] == 11 and "still ENABLED" in out["details"], (out, err)
         [rec] = records(cni_env.data_dir)
         assert json.load(open(rec))["phase"] == "deleting"
         rc, err = _sweep(cni_env)

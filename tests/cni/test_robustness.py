@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cniutil import index_links, PREV, count_services, cxi_conf, plugin_call, records, services
+from cniutil import (index_links, netns_mounts_under, pins, PREV, count_services, cxi_conf, plugin_call,
+                     records, services)
 
 NO_LE = {"LE": {"max": 0, "res": 0}}     # 50 services per NIC exceed the 15 LE pools (13.1)
 
@@ -36,10 +37,12 @@ def test_50_parallel_adds_then_dels(cni_env, netns):
     inodes = {os.stat(netns.path(p)).st_ino for p in pods}
     assert {r["netns"] for r in svcs["cxi0"]} == inodes
     assert len(records(cni_env.data_dir)) == n
+    assert len(pins(cni_env.data_dir)) == n == len(netns_mounts_under(cni_env.data_dir))
     with ThreadPoolExecutor(16) as ex:
         res = list(ex.map(dele, range(n)))
     assert all(r[0] == 0 for r in res), [r for r in res if r[0]][:3]
     assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+    assert pins(cni_env.data_dir) == [] == netns_mounts_under(cni_env.data_dir)
 
 
 def _start_add(cni_env, conf, cid, netns_path, extra_env=None):
@@ -90,6 +93,7 @@ def test_sigkill_at_random_times_during_add(cni_env, netns):
             assert rc == 0, out
         assert count_services() == 0, (i, services())
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), i
+        assert pins(cni_env.data_dir) == [] == netns_mounts_under(cni_env.data_dir), i
 
 
 @pytest.mark.parametrize("method", ["member", "set_netns"])
@@ -114,6 +118,7 @@ def test_crash_at_every_device_write_during_add(cni_env, netns, method):
         _cleanup_like_a_runtime(cni_env, conf, f"c{n}", gc=bool(n % 2))
         assert count_services() == 0, (n, services())
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), n
+        assert pins(cni_env.data_dir) == [] == netns_mounts_under(cni_env.data_dir), n
     assert crashed >= 2
     print(f"crashed at {crashed} device writes before an ADD completed")
 
@@ -139,3 +144,4 @@ def test_sigkill_during_del_then_del_again(cni_env, netns):
         assert rc == 0, out
         assert count_services() == 0, (i, services())
         assert records(cni_env.data_dir) == [] == index_links(cni_env.data_dir), i
+        assert pins(cni_env.data_dir) == [] == netns_mounts_under(cni_env.data_dir), i
