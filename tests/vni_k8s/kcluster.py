@@ -136,6 +136,11 @@ class Cluster:
                 out.setdefault(o["spec"]["holder"]["uid"], []).append(o["spec"]["vni"])
         return out
 
+    def key_records(self) -> list:
+        """The controller's key records (which key holds which VNI)."""
+        return self.client.list("/apis/coordination.k8s.io/v1/namespaces/pycxi-vni/leases",
+                                label_selector="vni.pycxi.dev/role=key")
+
     def released(self) -> dict:
         return {o["spec"]["vni"]: o["spec"]["holder"]["uid"] for o in self.vnis()
                 if (o.get("status") or {}).get("releasedAt")}
