@@ -113,6 +113,7 @@ class Workload:
     reason: str = "Pending"
     message: str = ""
     seen: float = dataclasses.field(default_factory=time.monotonic)
+    created: float = 0.0   # the object's creationTimestamp (0: unknown)
     generic: bool = False  # an owner we do not watch; lives as long as its pods
 
     @property
@@ -201,6 +202,7 @@ class Controller:
         self._leader = not config.leader_election
         self._stop = threading.Event()
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self._threads: List[threading.Thread] = []
         self.kinds_by_gvk = {(k.api_version, k.kind): k for k in config.kinds}
 
@@ -308,7 +310,8 @@ class Controller:
                 if not req.asks:
                     return  # the common case: nothing asked, nothing held (resync
                     # catches a VNI held from before a restart)
-                wl = self.workloads[uid] = Workload(uid, ns, name, kind)
+                wl = self.workloads[uid] = Workload(
+                    uid, ns, name, kind, created=parse_time(meta.get("creationTimestamp")) or 0.0)
             wl.request = req
             wl.finished = is_finished(kind, body)
             self.bodies[uid] = (kind, body)
@@ -498,7 +501,8 @@ class Controller:
             if req.own:
                 t0 = time.monotonic()
                 v, new = self.store.acquire_new(
-                    wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder)
+                    wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder,
+                    probably_new=not wl.vnis and wl.created > self.started_wall + 2)
                 if new:
                     self._allocated(wl, v, time.monotonic() - t0)
                 vnis.append(v)

@@ -165,13 +165,17 @@ class KubeStore(VniStore):
         return self.acquire_new(key, owner, holder=holder)[0]
 
     def acquire_new(self, key: str, owner: Optional[str] = None, *,
-                    holder: Optional[Dict[str, Any]] = None) -> Tuple[int, bool]:
+                    holder: Optional[Dict[str, Any]] = None,
+                    probably_new: bool = False) -> Tuple[int, bool]:
         """:meth:`acquire`, also saying whether this call allocated the VNI (False: the
-        key held it already, or a racing allocator committed first)."""
+        key held it already, or a racing allocator committed first).  ``probably_new``:
+        skip the first look-up of the key's record (a key first seen after this handle
+        started); if the key did hold one, the record's create answers 409 and the
+        loser's path below finds it, so this saves a request and costs no safety."""
         key = self._check_key(key)
         name = self._record_name(key)
-        for _ in range(8):
-            v = self.get(key)
+        for attempt in range(8):
+            v = None if (probably_new and not attempt) else self.get(key)
             if v is not None:
                 return v, False
             t0 = time.monotonic()
