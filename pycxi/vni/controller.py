@@ -368,12 +368,12 @@ class Controller:
             if grant and not info.grant:
                 self._set_grant(info, uid, grant)
 
-    def _settle(self, v: int) -> None:
+    def _settle(self, v: int, dropped: Optional[str] = None) -> None:
         """``v`` has no holder pod left: quarantine it if its key let go too."""
         if not self.active or self.held(v):
             return
         try:
-            if self.store.settle(v):
+            if self.store.settle(v, dropped):
                 log.info("VNI %d: last pod gone, quarantined", v, extra={"vni": v})
         except VniError as e:
             log.warning("VNI %d: cannot quarantine yet (%s); the resync will", v, e)
@@ -474,7 +474,7 @@ class Controller:
             if self.metrics:
                 self.metrics.releases.labels(cause).inc()
             log.info("%s let go of VNI %d (%s)", key, v, cause, extra={"vni": v, "cause": cause})
-            self._settle(v)
+            self._settle(v, key)
 
     # -- the reconcile step --
 
@@ -569,7 +569,7 @@ class Controller:
                 log.info("%s %s/%s let go of VNI %d (%s)", wl.kind.kind, wl.namespace, wl.name,
                          v, cause, extra={"vni": v, "namespace": wl.namespace, "workload": wl.name,
                                           "uid": wl.uid, "cause": cause})
-                self._settle(v)
+                self._settle(v, wl.key)
         except VniError as e:
             self._error(self._body(wl), wl.kind, "ApiError", f"release: {e}")
             self._schedule_retry(wl.uid)
@@ -985,9 +985,10 @@ def build_registry(ctrl: Controller) -> Any:
         ctrl.on_claim(dict(body), _deleted(type, body))
 
     @kopf.on.login(registry=reg)
-    def login(**kwargs: Any) -> Any:
-        # kubeconfig first (a file we were given), then the pod's service account
-        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+    def login(**_: Any) -> Any:
+        # one configuration and authentication path: the same KubeConfig as our client
+        # (re-invoked by kopf on a 401, which re-reads a rotated service-account token)
+        return connection_info(ctrl.client.config)
 
     @kopf.on.startup(registry=reg)
     def startup(settings: Any, **_: Any) -> None:
@@ -1010,6 +1011,19 @@ def build_registry(ctrl: Controller) -> Any:
         ctrl.stop()
 
     return reg
+
+
+def connection_info(cfg: KubeConfig) -> Any:
+    """kopf's credentials from our :class:`KubeConfig`."""
+    import kopf
+
+    return kopf.ConnectionInfo(
+        server=cfg.server, token=cfg.bearer(), scheme="Bearer" if cfg.bearer() else None,
+        ca_path=cfg.ca_file, ca_data=cfg.ca_data.encode() if cfg.ca_data and not cfg.ca_file else None,
+        insecure=cfg.insecure or None,
+        certificate_path=None if cfg.cert_data else cfg.cert_file, certificate_data=cfg.cert_data,
+        private_key_path=None if cfg.key_data else cfg.key_file, private_key_data=cfg.key_data,
+        default_namespace=cfg.namespace)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

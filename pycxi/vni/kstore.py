@@ -375,9 +375,10 @@ class KubeStore(VniStore):
             raise VniApiError(str(e)) from e
         return int(h[4:]) if h.startswith("vni-") and h[4:].isdigit() else None
 
-    def settle(self, v: int) -> bool:
+    def settle(self, v: int, dropped: Optional[str] = None) -> bool:
         """Quarantine ``vni-<v>`` if it is allocated and no key record points to it (a
-        drained VNI).  The caller has checked that no existing pod holds it."""
+        drained VNI).  The caller has checked that no existing pod holds it.
+        ``dropped``: the key whose record the caller has just deleted (no need to look)."""
         try:
             o = self._call(self.client.get, self._vni_path(v))
         except KubeError as e:
@@ -388,6 +389,8 @@ class KubeStore(VniStore):
         if (o.get("status") or {}).get("releasedAt") or spec.get("vni") != v:
             return False
         key = str(spec.get("key", ""))
+        if key == dropped:
+            return self._quarantine(v, self.clock(), md.get("resourceVersion"))
         try:
             record = self._call(self.client.get, self._lease_path(self._record_name(key)))
             if (record.get("spec") or {}).get("holderIdentity") == vni_name(v):
