@@ -143,6 +143,7 @@ class PodInfo:
     owner_ref: Optional[dict]
     stamped: Optional[Tuple[str, str, str]] = None
     grant: Tuple[int, ...] = ()   # VNIs the pod was given (its True condition): it holds them
+    seen: float = 0.0             # monotonic time of the last event or LIST that showed it
 
 
 class Metrics:
@@ -356,9 +357,12 @@ class Controller:
         cond = pod_condition(body)
         with self._lock:
             info = self.pods.get(uid)
+            if info is not None:
+                info.seen = time.monotonic()
             if info is None:
                 info = self.pods[uid] = PodInfo(meta.get("namespace"), meta.get("name"),
-                                                ref.get("uid") if ref else None, ref)
+                                                ref.get("uid") if ref else None, ref,
+                                                seen=time.monotonic())
                 if info.owner_uid:
                     self.pods_by_owner.setdefault(info.owner_uid, set()).add(uid)
             # our own stamp may be newer than this event; a grant is final either way
@@ -791,6 +795,7 @@ class Controller:
         if not self.active:
             return
         views = self.store.views()
+        t_list = time.monotonic()
         pods = self.client.list(POD.path())
         held: Set[int] = set()
         generic: Set[str] = set()  # controller uids of existing pods that ask
@@ -805,6 +810,15 @@ class Controller:
             self._index_pod(pod)  # a grant the watch has not delivered yet
         with self._lock:
             self.warm = True
+            # pods last seen before the LIST and absent from it are gone: a deletion the
+            # watch missed (or one overtaken by a previous resync's re-indexing)
+            stale = [u for u, i in self.pods.items() if u not in live_pods and i.seen < t_list]
+            for u in stale:
+                info = self.pods.pop(u)
+                if info.owner_uid:
+                    self._discard(self.pods_by_owner, info.owner_uid, u)
+                for v in info.grant:
+                    self._discard(self.holders, v, u)  # type: ignore[arg-type]
         wants: Dict[str, bool] = {}
         groups: Dict[Tuple[Kind, str], List[Tuple[str, dict]]] = {}
         for v, obj in views:

@@ -233,7 +233,9 @@ def test_a_pod_deletion_missed_by_the_watch_is_caught_by_the_resync(ctl, cluster
     feed(ctl, cluster, "Job", "ns1", "j", deleted=True)
     assert vni_state(cluster) == "allocated"
     cluster.delete("Pod", "ns1", "j-0")  # no event delivered
+    assert ctl.held(VNI)
     ctl.resync()
+    assert not ctl.held(VNI), "the resync's LIST drops a pod the watch missed"
     assert vni_state(cluster) == "allocated", "younger than orphan_age: could be in flight"
     # a dropped VNI with no holder is judged like an orphan: once it is older than
     # orphan_age (wall clock, against the API server's creationTimestamp)
