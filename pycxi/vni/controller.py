@@ -1,24 +1,28 @@
-"""The VNI controller: gives every workload that asks for one a VNI of its own (or the
-VNI of a claim in its namespace), stamps it on the workload's pods, and gives it back
-when the workload completes or goes away.
+"""The VNI controller: the wiring between kopf's watches, the rules and the API.
+
+It gives every workload that asks for one a VNI of its own (or the VNI of a claim in its
+namespace), stamps it on the workload's pods, and lets go when the workload completes,
+goes away or stops asking.  **What** to do is decided by the pure functions of
+:mod:`pycxi.vni.rules` (read that module first); this module only keeps the indexes they
+need, calls them, and carries out their answer through
+:class:`pycxi.vni.kstore.KubeStore` (atomic creates, preconditioned writes), whose only
+state is the API server: restart the controller, or run two, at any time.
 
 Run it with ``python -m pycxi.vni.controller`` (the Deployment in
-``pycxi/vni/manifests/`` does).  Built on kopf (watches with reconnects and 410
-handling, a thread pool for our blocking calls, liveness probe); the allocation itself
-is :class:`pycxi.vni.kstore.KubeStore`, whose only state is the API server, so the
-controller is stateless: restart it, or run two, at any time.  See docs/vni-service.md.
-
-Design, briefly:
+``pycxi/vni/manifests/`` does).  See docs/vni-service.md.
 
 * **Level-based.**  Every watch event re-derives the wanted state of one workload from
-  the object and converges to it (acquire, release, stamp pods).  A periodic resync
-  re-checks every ``Vni`` object against its holder (via GET), so a missed event, a
+  the object and converges to it (acquire, let go, stamp pods).  A periodic resync
+  applies :func:`pycxi.vni.rules.lifecycle_actions` to fresh LISTs, so a missed event, a
   crash or a restart can delay a release but never leak a VNI for good.
+* **Holders.**  The pod index maps each VNI to the existing pods that were given it (their
+  True ``vni.pycxi.dev/Allocated`` condition).  It is filled from one LIST before
+  anything is decided (:meth:`Controller.warm_up`), kept by the pod watch, and updated
+  by our own stamp writes at once -- a grant we just wrote must count before the watch
+  echoes it, which is why this is our index and not a ``kopf.index``.
 * **Top-level owner.**  Objects controlled by a watched kind are ignored (a Deployment's
   ReplicaSets carry its annotations: the original gave them VNIs of their own).  Pods
   are mapped to their top-level owner through the ReplicaSet index.
-* **Pod stamp.**  The result goes into the pod's status condition
-  ``vni.pycxi.dev/Allocated``: the only thing the CNI plugin reads (pycxi.vni.lookup).
 * **Errors** (exhaustion, missing or foreign claims, API failures) become a False
   condition with a CamelCase reason on the pods (and the claim), a Warning Event on the
   workload, a metric, and a retry with exponential backoff.  Handlers never crash the
@@ -35,17 +39,16 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from pycxi.vni.kube import (ANNOTATION, API_VERSION, CLAIM_PLURAL, GROUP, LEGACY_ANNOTATION,
-                            POD_CONDITION, VERSION, KubeClient, KubeConfig, KubeError)
+from pycxi.vni.kube import (API_VERSION, CLAIM_PLURAL, GROUP, POD_CONDITION, VERSION, KubeClient,
+                            KubeConfig, KubeError)
 from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, format_time, parse_time
 from pycxi.vni.lookup import format_stamp
 from pycxi.vni.rules import (CLAIM, POD, REPLICASET, VOLCANO_JOB, WATCHED_KINDS, Kind, Request,
                              controller_ref, grant_condition, is_finished, lifecycle_actions,
                              parse_kinds, parse_request, pod_condition, stamp_decision,
                              workload_wants)
-from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
-                             STATE_QUARANTINED, VniError, VniExhausted, format_ranges,
-                             parse_ranges)
+from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, VniError, VniExhausted,
+                             format_ranges, parse_ranges)
 
 __all__ = ["Config", "Controller", "Kind", "WATCHED_KINDS", "build_registry", "main",
            "parse_request", "parse_kinds", "is_finished", "POD", "VOLCANO_JOB"]

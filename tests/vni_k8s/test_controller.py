@@ -75,7 +75,7 @@ def test_deployment_rollout_keeps_one_vni(cluster):
     cluster.pod_of(rs2, "serve-2-b")
     assert cluster.wait_lookup("ns1", "serve-2-b") == [v]
     assert cluster.wait_lookup("ns1", "serve-1-b") == [v]
-    time.sleep(1.5)  # a resync later, still one VNI, held by the Deployment
+    # (that a resync keeps it so: test_handlers.py, without sleeping)
     assert cluster.allocated() == {dep["metadata"]["uid"]: [v]}
     cluster.delete("Deployment", "ns1", "serve")
     for pod in ("serve-1-b", "serve-2-a", "serve-2-b"):  # the garbage collector's part
@@ -113,25 +113,11 @@ def test_bare_pod_and_generic_owner(cluster):
     assert cluster.wait_lookup("ns1", "mpi-1") == [g] and g != v
     cluster.client.patch("/api/v1/namespaces/ns1/pods/solo/status",
                          {"status": {"phase": "Succeeded"}})
+    # (that the owner holds while one of its pods exists: test_handlers.py)
     cluster.delete("Pod", "ns1", "mpi-0")
-    time.sleep(0.5)
-    assert owner["metadata"]["uid"] in cluster.allocated(), "one pod of the owner remains"
-    assert bare["metadata"]["uid"] in cluster.allocated(), "a finished pod holds until removed"
     cluster.delete("Pod", "ns1", "mpi-1")
     cluster.delete("Pod", "ns1", "solo")
     wait_for(lambda: cluster.allocated() == {}, what="both released")
-
-
-def test_unannotated_workloads_get_nothing(cluster):
-    cluster.start_controller()
-    job = cluster.create("Job", "ns1", "plain", template={})
-    cluster.pod_of(job, "plain-0")
-    false = cluster.create("Job", "ns1", "off", annotations={ANN: "false"}, template={ANN: "false"})
-    cluster.pod_of(false, "off-0")
-    time.sleep(1.5)
-    assert cluster.lookup("ns1", "plain-0") == []
-    assert cluster.lookup("ns1", "off-0") == []
-    assert cluster.vnis() == []
 
 
 def test_claim_shared_by_two_jobs(cluster):
@@ -189,13 +175,8 @@ def test_claims_are_namespace_local_and_foreign_vnis_are_not_granted(cluster):
     wait_for(lambda: (cluster.pod_condition("ns1", "samename-0") or {}).get("reason") == "ClaimNotFound",
              what="ClaimNotFound")
     assert cluster.lookup("ns1", "samename-0") == "notready"
-    # a pod that writes the VNI itself into everything it controls gets nothing
-    cluster.create("Pod", "ns1", "forger", annotations={
-        ANN: str(their_vni), "vni.pycxi.dev/vnis": str(their_vni)},
-        labels={"vni.pycxi.dev/vni-object": f"vni-{their_vni}"})
-    time.sleep(1.5)
-    assert cluster.lookup("ns1", "forger") in ("notready",) or cluster.lookup("ns1", "forger").startswith("error")
-    for pod in ("sneaky-0", "samename-0", "forger"):
+    # (a pod naming the VNI in everything it writes: test_handlers.py)
+    for pod in ("sneaky-0", "samename-0"):
         r = cluster.lookup("ns1", pod)
         assert not (isinstance(r, list) and their_vni in r), (pod, r)
     assert cluster.allocated() == {theirs["metadata"]["uid"]: [their_vni]}
@@ -258,7 +239,9 @@ def test_two_replicas_racing_on_500_jobs_never_share_a_vni(cluster):
     uids = {cluster.job("ns1", f"j{i}")["metadata"]["uid"] for i in range(500)}
     wait_for(lambda: set(cluster.allocated()) >= uids, timeout=120, interval=0.5,
              what="500 allocations")
-    time.sleep(1)  # let losers of a race on the same key clean up
+    # losers of a race on the same key delete their own Vni right after losing
+    wait_for(lambda: all(len(v) == 1 for v in cluster.allocated().values()), timeout=30,
+             what="race losers cleaned up")
     objs = [o for o in cluster.vnis() if not (o.get("status") or {}).get("releasedAt")]
     by_holder: dict = {}
     for o in objs:
@@ -293,27 +276,6 @@ def _lease_holder(cluster):
                                    "pycxi-vni-controller")["spec"].get("holderIdentity")
     except Exception:
         return None
-
-
-def test_forged_owner_reference_across_namespaces_gets_nothing(cluster):
-    """ownerReferences are written by the pod's author: a pod in ns2 that claims to
-    belong to a Job (or a generic owner) of ns1 must not get ns1's VNI."""
-    cluster.start_controller()
-    job = cluster.job("ns1", "victim")
-    cluster.pod_of(job, "victim-0")
-    [v] = cluster.wait_lookup("ns1", "victim-0")
-    forged = dict(job, metadata=dict(job["metadata"], namespace="ns2"))
-    cluster.create("Pod", "ns2", "intruder", annotations={ANN: "true"}, owner=forged)
-    owner = {"apiVersion": "example.com/v1", "kind": "MpiJob",
-             "metadata": {"name": "mpi", "uid": "6a0c3e4e-0000-4000-8000-000000000002"}}
-    cluster.create("Pod", "ns1", "mpi-0", annotations={ANN: "true"}, owner=owner)
-    [g] = cluster.wait_lookup("ns1", "mpi-0")
-    cluster.create("Pod", "ns2", "intruder2", annotations={ANN: "true"}, owner=owner)
-    time.sleep(1.5)
-    for pod in ("intruder", "intruder2"):
-        r = cluster.lookup("ns2", pod)
-        assert not (isinstance(r, list) and r), (pod, r)
-    assert sorted(x for vs in cluster.allocated().values() for x in vs) == sorted([v, g])
 
 
 def test_removing_the_annotation_lets_go_but_the_pods_keep_their_vni(cluster):

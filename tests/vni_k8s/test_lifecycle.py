@@ -17,63 +17,29 @@ import time
 
 import pytest
 
-from kcluster import ANN, PATHS
+from kcluster import ANN, PATHS, Clock, Feeder
 
 from pycxi.vni.controller import Config, Controller
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import KubeError
-from pycxi.vni.rules import CLAIM, POD, WATCHED_KINDS
 
-JOB = WATCHED_KINDS[0]
 VNI = 3000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
-
-
 @pytest.fixture
-def ctl(client):
+def ctl(client, cluster):
     clock = Clock()
     cfg = Config(ranges=((VNI, VNI),), quarantine=2.0, leader_election=False, metrics_port=0,
                  orphan_age=30.0)
     c = Controller(cfg, client, clock=clock)
     c.clock_ = clock
     c.warm_up()
+    c.feed = Feeder(c, cluster)
     return c
 
 
 def feed(ctl, cluster, kind: str, ns: str, name: str, deleted: bool = False) -> None:
-    """Deliver the object's current state (or its deletion) as a watch event."""
-    if deleted:
-        body = {"metadata": {"namespace": ns, "name": name, "uid": feed.uids[(kind, ns, name)]}}
-    else:
-        body = cluster.get(kind, ns, name)
-        feed.uids[(kind, ns, name)] = body["metadata"]["uid"]
-        if kind == "Pod":
-            # what the watch delivers carries ownerReferences; keep the deleted form too
-            feed.bodies[(ns, name)] = body
-    if kind == "Pod":
-        if deleted:
-            body = feed.bodies.get((ns, name), body)
-        ctl.on_workload(POD, body, deleted)
-    elif kind == "VniClaim":
-        ctl.on_claim(body if not deleted else dict(body, metadata=dict(body["metadata"])), deleted)
-    elif kind == "Job":
-        ctl.on_workload(JOB, body, deleted)
-    else:
-        raise AssertionError(kind)
-
-
-feed.uids = {}
-feed.bodies = {}
+    ctl.feed(kind, ns, name, deleted)
 
 
 def vni_state(cluster):
