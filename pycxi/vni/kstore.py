@@ -49,8 +49,8 @@ from pycxi.vni.kube import (API_VERSION, GROUP, VERSION, VNI_PLURAL, KubeClient,
                             KubeError, vni_name)
 from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
                              STATE_QUARANTINED, Allocation, VniError, VniExhausted, VniStore,
-                             exhausted_message, in_ranges, iter_candidates, quarantine_over)
-from pycxi.vni.rules import Action, VniView, lifecycle_actions
+                             exhausted_message, in_ranges, quarantine_over)
+from pycxi.vni.rules import Action, VniView, lifecycle_actions, next_candidate
 
 __all__ = ["KubeStore", "VniApiError", "DEFAULT_NAMESPACE", "ORPHAN_AGE", "key_hash",
            "format_time", "parse_time"]
@@ -102,6 +102,33 @@ class _Seen:
     def __init__(self, state: str, released: Optional[float] = None,
                  uid: Optional[str] = None, rv: Optional[str] = None) -> None:
         self.state, self.released, self.uid, self.rv = state, released, uid, rv
+
+
+class _Held:
+    """A predicate as a container, for the rules' ``held`` argument."""
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[int], bool]) -> None:
+        self.fn = fn
+
+    def __contains__(self, v: object) -> bool:
+        return isinstance(v, int) and self.fn(v)
+
+
+class _Known:
+    """What a handle saw, as the rules' ``known`` mapping (looked up lazily: the search
+    usually stops at the first candidate).  Pending creates of our own threads count as
+    objects that are not released."""
+    __slots__ = ("seen",)
+
+    def __init__(self, seen: Dict[int, "_Seen"]) -> None:
+        self.seen = seen
+
+    def get(self, v: int) -> Optional[Tuple[bool, Optional[float]]]:
+        st = self.seen.get(v)
+        if st is None:
+            return None
+        return True, (st.released if st.state == STATE_QUARANTINED else None)
 
 
 class KubeStore(VniStore):
@@ -501,17 +528,10 @@ class KubeStore(VniStore):
         """Under self._lock: the next VNI worth a create, from the cursor on, and what
         we saw of it if it is an expired quarantine (to delete first)."""
         cursor = self._cursor if self._cursor is not None else self.ranges[0][0]
-        for v in iter_candidates(self.ranges, cursor):
-            s = seen.get(v)
-            if s is None:
-                if skip:
-                    skip -= 1  # spread out after lost races, see _allocate
-                    continue
-                return v, None
-            if s.state == STATE_QUARANTINED and quarantine_over(s.released, now, self.quarantine) \
-                    and not self.in_use(v):
-                return v, s
-        return None, None
+        v, expired = next_candidate(self.ranges, cursor, _Known(seen), now=now,
+                                    quarantine=self.quarantine, held=_Held(self.in_use),
+                                    skip=skip)
+        return v, (seen[v] if expired and v is not None else None)
 
     def _allocate(self, key: str, owner: Optional[str],
                   holder: Optional[Dict[str, Any]]) -> Tuple[int, dict]:

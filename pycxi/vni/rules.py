@@ -34,7 +34,7 @@ __all__ = [
     "Kind", "POD", "REPLICASET", "CLAIM", "VOLCANO_JOB", "WATCHED_KINDS", "parse_kinds",
     "Request", "parse_request", "is_finished", "controller_ref", "workload_wants",
     "pod_grant", "pod_condition", "stamp_decision", "grant_condition",
-    "VniView", "Action", "lifecycle_actions", "reusable",
+    "VniView", "Action", "lifecycle_actions", "reusable", "next_candidate",
 ]
 
 _TRUE = frozenset({"true", "yes"})
@@ -279,6 +279,30 @@ def lifecycle_actions(vnis: Iterable[VniView], wants: Mapping[str, bool],
         if v.vni not in held and v.age >= orphan_age:
             out.append(Action("quarantine", v.vni, v.key, v.uid, v.resource_version))
     return out
+
+
+def next_candidate(ranges: Sequence[Tuple[int, int]], cursor: int,
+                   known: Mapping[int, Tuple[bool, Optional[float]]], *, now: float,
+                   quarantine: float, held: Container[int],
+                   skip: int = 0) -> Tuple[Optional[int], bool]:
+    """The allocation rule: the next VNI worth an atomic create, round-robin next-fit
+    from ``cursor`` over ``ranges`` (never 0, 1, 10).  ``known``: VNI -> (has a ``Vni``
+    object, its ``releasedAt``).  A number without an object is free; one whose
+    quarantine is over is reusable (its object must be deleted first: the second
+    element says so) unless a pod still holds it.  ``skip``: pass over this many free
+    numbers first (spreads racing allocators).  (None, False) when exhausted."""
+    from pycxi.vni.store import iter_candidates
+
+    for v in iter_candidates(tuple(ranges), cursor):
+        k = known.get(v)
+        if k is None:
+            if skip:
+                skip -= 1
+                continue
+            return v, False
+        if reusable(k[1], v, now=now, quarantine=quarantine, held=held):
+            return v, True
+    return None, False
 
 
 def reusable(released_at: Optional[float], vni: int, *, now: float, quarantine: float,

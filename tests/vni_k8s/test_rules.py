@@ -513,3 +513,18 @@ def test_the_model_catches_a_release_that_ignores_pods(monkeypatch):
                                           phases=[Phase.generate])
     with pytest.raises(AssertionError):
         Careless.TestCase().runTest()
+
+
+def test_next_candidate_is_next_fit_and_skips_what_pods_hold():
+    from pycxi.vni.rules import next_candidate
+
+    kw = dict(now=1000.0, quarantine=90.0, held=set())
+    rng = [(9, 13)]
+    assert next_candidate(rng, 9, {}, **kw) == (9, False)
+    assert next_candidate(rng, 10, {}, **kw) == (11, False), "10 is never handed out"
+    known = {11: (True, None), 12: (True, 950.0), 13: (True, 900.0)}
+    assert next_candidate(rng, 11, known, **kw) == (13, True), "expired quarantine: reuse"
+    assert next_candidate(rng, 11, known, **dict(kw, held={13})) == (9, False), "wraps"
+    full = {9: (True, None), **known}
+    assert next_candidate(rng, 11, full, **dict(kw, held={13})) == (None, False)
+    assert next_candidate(rng, 9, {}, **dict(kw, skip=1)) == (11, False)
