@@ -6,7 +6,9 @@ Measured, interleaved round-robin so that machine noise hits every series alike:
 * Debian's Go ``tuning`` plugin (``/usr/lib/cni/tuning``), ADD and DEL, chained with a prevResult
   and no changes configured: the cost of a Go meta plugin;
 * the ``cxi`` launcher written by ``python -m pycxi.cni.install`` (shebang ``<venv python> -IS``):
-  VERSION, ADD (a service on every software NIC) and DEL, alternating so the state stays small.
+  VERSION, ADD (a service on every software NIC) and DEL, alternating so the state stays small,
+  then DEL again without ``CNI_NETNS`` (``cxi_DEL_again``: nothing left to do, as containerd 1.6's
+  second and third DEL of every pod; the plugin answers it before importing its commands).
 
 Each sample is the wall time of one ``subprocess.run`` (fork, exec, wait), the same overhead for
 every series.  The software device lives in a temporary ``PYCXI_SIM_ROOT`` (one NIC by default);
@@ -100,7 +102,8 @@ def main(argv=None):
                  "dataDir": os.path.join(state, "tuning")}
         have_tuning = os.access(TUNING, os.X_OK)
 
-        series = {k: [] for k in ("python_IS_import_json", "cxi_VERSION", "cxi_ADD", "cxi_DEL")}
+        series = {k: [] for k in ("python_IS_import_json", "cxi_VERSION", "cxi_ADD", "cxi_DEL",
+                                    "cxi_DEL_again")}
         if have_tuning:
             series["tuning_ADD"] = []
             series["tuning_DEL"] = []
@@ -118,6 +121,8 @@ def main(argv=None):
             s["cxi_VERSION"] = timed([cxi], dict(env, CNI_COMMAND="VERSION"), b'{"cniVersion":"1.0.0"}')
             s["cxi_ADD"] = timed([cxi], dict(base_env, CNI_COMMAND="ADD", CNI_CONTAINERID=cid), data)
             s["cxi_DEL"] = timed([cxi], dict(base_env, CNI_COMMAND="DEL", CNI_CONTAINERID=cid), data)
+            again = {k: v for k, v in base_env.items() if k != "CNI_NETNS"}
+            s["cxi_DEL_again"] = timed([cxi], dict(again, CNI_COMMAND="DEL", CNI_CONTAINERID=cid), data)
             if have_tuning:
                 td = json.dumps(tconf).encode()
                 s["tuning_ADD"] = timed([TUNING], dict(base_env, CNI_COMMAND="ADD", CNI_CONTAINERID=cid,
@@ -150,6 +155,8 @@ def main(argv=None):
             "devices": a.devices, "runs": runs, "state_dir": state, "state_fs": _fstype(state), "quick": a.quick, "elapsed_s": round(elapsed, 2),
             "results": res,
             "cxi_ADD_p50_over_python_json_p50": round(ratio, 3),
+            "cxi_DEL_again_p50_over_python_json_p50": round(
+                res["cxi_DEL_again"]["p50_ms"] / floor_p50, 3),
             "goal_ratio": GOAL_RATIO, "goal_met": ratio <= GOAL_RATIO,
             "scaling": scaling,
         }

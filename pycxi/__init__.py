@@ -1,7 +1,8 @@
 """pycxi: the HPE Slingshot CXI service API from Python.
 
 Built against a system libcxi when one is found, otherwise against pycxi's software
-CXI device (``pycxi.BACKEND`` says which).  The extension is loaded lazily, so
+CXI device (``pycxi.BACKEND`` says which; ``pycxi.SOFTWARE_DEVICE`` is True for the latter,
+which is a model for tests and demos, not a NIC and no security boundary).  The extension is loaded lazily, so
 ``import pycxi.vni`` and friends stay cheap.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 # name -> submodule; resolved on first access (PEP 562)
 _LAZY = {
     "BACKEND": "pycxi.device",
+    "SOFTWARE_DEVICE": "pycxi.device",
     "NETNS_METHODS": "pycxi.device",
     "C_PID_ANY": "pycxi.svc",
     "Device": "pycxi.device",

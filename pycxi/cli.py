@@ -8,7 +8,7 @@
     pycxi [-d DEV] svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
     pycxi [-d DEV] svc set-netns ID NETNS
     pycxi [-d DEV] access-check --svc ID [--vni N] [--tc NAME]
-    pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap]
+    pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap] [--stock-root-profile]
     pycxi vni alloc KEY | release KEY | list [--json]
 
 Errors are one line on stderr naming the errno; the exit status is non-zero.
@@ -414,6 +414,8 @@ def cmd_sim(args) -> int:
     if args.sim_action == "reset":
         if args.strict_vni_overlap:
             os.environ["PYCXI_SIM_STRICT_VNI_OVERLAP"] = "1"
+        if args.stock_root_profile:
+            os.environ["PYCXI_SIM_STOCK_ROOT_PROFILE"] = "1"
         device.sim_reset(args.devices)
         print(f"reset: {args.devices} software device(s) under {device.sim_root()}", file=sys.stderr)
         return 0
@@ -499,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--devices", type=_int, default=1)
     a.add_argument("--strict-vni-overlap", action="store_true",
                    help="model an unpatched 13.1/14.0.0 driver: no two profiles may overlap")
+    a.add_argument("--stock-root-profile", action="store_true",
+                   help="model an unpatched driver: root in any netns gets an implicit profile "
+                        "for a VNI that no profile matches")
+
+    from pycxi.cni.node import register as register_node
+    register_node(sub)
 
     try:
         from pycxi.vni.cli import register
@@ -514,9 +522,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.version:
         from pycxi import __version__
-        from pycxi.device import BACKEND, NETNS_METHODS
+        from pycxi.device import BACKEND, NETNS_METHODS, SOFTWARE_DEVICE
 
         print(f"pycxi {__version__} ({BACKEND}; netns: {', '.join(sorted(NETNS_METHODS)) or 'none'})")
+        if SOFTWARE_DEVICE:
+            from pycxi.device import sim_root
+
+            print(f"SOFTWARE CXI device (state under {sim_root()}): not a NIC, isolates nothing; "
+                  f"for tests and demos only")
         return 0
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -4,6 +4,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple, Type, Union
 from pycxi.svc import FailInfo, Limits, RsrcUse, SvcDesc
 
 BACKEND: str
+SOFTWARE_DEVICE: bool
 NETNS_METHODS: FrozenSet[str]
 
 class DevInfo:

@@ -18,6 +18,8 @@ from pycxi.errors import CxiLibError, CxiUserError, from_rc
 from pycxi.svc import SvcMember, TC_NAMES, tc_index, RSRC_TYPES
 
 BACKEND = PYCXI_BACKEND_NAME.decode()
+# True: built against pycxi's software device (a model under $PYCXI_SIM_ROOT), not a NIC
+SOFTWARE_DEVICE = BACKEND == "sim"
 NETNS_METHODS = frozenset(
     (("member",) if PYCXI_HAVE_MEMBER_NETNS_V else ()) +
     (("set_netns",) if PYCXI_HAVE_SET_NETNS_V else ()))

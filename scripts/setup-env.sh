@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc pkg-config openssl iproute2 util-linux procps containernetworking-plugins podman runc
-              busybox-static iputils-ping hyperfine)
+              busybox-static iputils-ping hyperfine containerd)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

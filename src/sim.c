@@ -32,10 +32,13 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/magic.h>
 
 #include "libcxi/libcxi.h"
 #include "sim.h"
@@ -61,6 +64,10 @@
 #define PID_COUNT ((1u << PID_BITS) - 1)
 #define AC_INVALID 0xFFFFFFFFu
 #define PROC_USER_INIT_INO 0xEFFFFFFDu
+#define PROC_PID_INIT_INO 0xEFFFFFFCu
+#define PROC_NET_INIT_INO 0xEFFFFFF9u	/* Linux >= 6.18 */
+#define OVERFLOW_ID 65534		/* overflowuid/overflowgid default */
+#define UNKNOWN_ID 0xFFFFFFFFu		/* INVALID_UID: no AC entry can hold it */
 #define CAP_BIT_SYS_ADMIN 21
 #define CAP_BIT_NET_RAW 13
 
@@ -150,6 +157,7 @@ struct sim_journal {
 
 /* Device flags, fixed when the device is created. */
 #define SIM_STRICT_VNI_OVERLAP 1u	/* 13.1/14.0.0: any profile overlap is EEXIST */
+#define SIM_STOCK_ROOT_PROFILE 2u	/* unpatched: root's implicit profile in any netns */
 
 struct sim_file {
 	uint64_t magic;
@@ -277,9 +285,44 @@ static void jcommit(struct sim_file *f)
 	__atomic_store_n(&f->j.used, 0, __ATOMIC_RELEASE);
 }
 
+/*
+ * The state file is writable by every local user (like /dev/cxiN is openable
+ * by every user), so anyone can take the mutex and keep it.  The wait is
+ * bounded (PYCXI_SIM_LOCK_TIMEOUT seconds, default 5) and ends in -EAGAIN:
+ * "try again", not a hang that no signal can interrupt.
+ */
+static struct timespec lock_deadline(void)
+{
+	static double timeout = -1;
+	struct timespec ts;
+
+	if (timeout < 0) {
+		const char *s = getenv("PYCXI_SIM_LOCK_TIMEOUT");
+		char *end;
+		double t = s && *s ? strtod(s, &end) : 5.0;
+		timeout = (s && *s && (*end || !(t >= 0) || t > 86400)) ? 5.0 : t;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	time_t sec = (time_t)timeout;
+	ts.tv_sec += sec;
+	ts.tv_nsec += (long)((timeout - (double)sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}
+
 static int sim_lock(struct sim_file *f)
 {
-	int rc = pthread_mutex_lock(&f->lock);
+	int rc = pthread_mutex_trylock(&f->lock);
+
+	if (rc == EBUSY) {
+		struct timespec ts = lock_deadline();
+		rc = pthread_mutex_clocklock(&f->lock, CLOCK_MONOTONIC, &ts);
+		if (rc == ETIMEDOUT)
+			return -EAGAIN;
+	}
 
 	if (rc == EOWNERDEAD) {
 		/* The previous owner died mid-operation: undo it. */
@@ -310,6 +353,35 @@ static int sim_unlock(struct sim_file *f, int rc)
 /* ------------------------------------------------------------------ */
 /* Caller credentials, read from the calling thread at each call. */
 
+/*
+ * The caller's user namespace, opened through nsfs (a file faked on another
+ * filesystem is refused).  Returns the fd, or -1.
+ */
+static int userns_fd(struct stat *sb)
+{
+	struct statfs sf;
+	int fd = open("/proc/thread-self/ns/user", O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, sb) || fstatfs(fd, &sf) || sf.f_type != NSFS_MAGIC) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int in_init_userns(void)
+{
+	struct stat sb;
+	int fd = userns_fd(&sb);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return sb.st_ino == PROC_USER_INIT_INO;
+}
+
 static int has_cap(int bit)
 {
 	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
@@ -319,18 +391,10 @@ static int has_cap(int bit)
 		return 0;
 	if (!(data[bit / 32].effective & (1u << (bit % 32))))
 		return 0;
-	/* capable() asks about the initial user namespace; only a
-	 * single-threaded process can change it, so cache it per pid. */
-	static pid_t userns_pid;
-	static int userns_init;
-	pid_t me = getpid();
-	if (userns_pid != me) {
-		struct stat sb;
-		userns_init = stat("/proc/self/ns/user", &sb) != 0 ||
-			      sb.st_ino == PROC_USER_INIT_INO;
-		userns_pid = me;
-	}
-	return userns_init;
+	/* capable() asks about the initial user namespace.  Asked at every
+	 * call: a single-threaded process may unshare(CLONE_NEWUSER) between
+	 * two calls and then holds every capability -- in its own namespace. */
+	return in_init_userns();
 }
 
 static uint32_t cur_netns(void)
@@ -342,15 +406,119 @@ static uint32_t cur_netns(void)
 	return (uint32_t)sb.st_ino;
 }
 
+/*
+ * Is a caller in init_net?  Since Linux 6.18 init_net has a fixed inode
+ * number; before, it is numbered like any namespace and pid 1 of the initial
+ * pid namespace tells (it cannot be found from another pid namespace, and
+ * reading it needs ptrace access: unknown counts as "no").
+ */
+static int in_init_net(uint32_t netns)
+{
+	struct stat sb;
+
+	if (netns == PROC_NET_INIT_INO)
+		return 1;
+	if (stat("/proc/self/ns/pid", &sb) || sb.st_ino != PROC_PID_INIT_INO)
+		return 0;
+	if (stat("/proc/1/ns/net", &sb))
+		return 0;
+	return netns && sb.st_ino == netns;
+}
+
 struct creds {
 	uint32_t euid, egid, netns;
 };
 
+static uint32_t read_overflow(const char *path)
+{
+	char buf[16] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		close(fd);
+	}
+	return *buf ? (uint32_t)strtoul(buf, NULL, 10) : OVERFLOW_ID;
+}
+
+/* Map id through a uid_map/gid_map read from inside (one level up); 0 if
+ * it is not in the map. */
+static int map_up(const char *map, size_t len, uint32_t id, uint32_t *out)
+{
+	const char *p = map, *end = map + len;
+
+	while (p < end) {
+		unsigned long first, lower, count;
+		int n = 0;
+		if (sscanf(p, " %lu %lu %lu%n", &first, &lower, &count, &n) != 3)
+			return 0;
+		if (id >= first && id - first < count) {
+			*out = (uint32_t)(lower + (id - first));
+			return 1;
+		}
+		p = memchr(p + n, '\n', (size_t)(end - p - n));
+		if (!p)
+			break;
+		p++;
+	}
+	return 0;
+}
+
+/*
+ * A caller's global id (__kuid_val), from its id in a non-initial user
+ * namespace.  The kernel shows a namespace only its own map, one level up,
+ * and hides its ancestry, so the parent is taken for the initial namespace
+ * only when a landmark proves it: nsfs inodes belong to global root, and
+ * where the caller sees them owned (landmark) must map to 0 one level up.
+ * A namespace that does not map global root, or a nested one, cannot be
+ * resolved: its callers get an id that no AC entry can hold (not the
+ * overflow id 65534, which a member may name): denied, never granted.  (A
+ * nested namespace passes only if an ancestor maps its 0 to global 0, which
+ * only global root can set up -- and global root can be any uid anyway.)
+ */
+static uint32_t global_id(const char *path, uint32_t id, uint32_t landmark,
+			  uint32_t overflow)
+{
+	char map[4096];
+	uint32_t g, root;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return UNKNOWN_ID;
+	ssize_t n = read(fd, map, sizeof(map) - 1);
+	close(fd);
+	if (n <= 0)
+		return UNKNOWN_ID;
+	map[n] = 0;
+	if (landmark == overflow || !map_up(map, (size_t)n, landmark, &root) ||
+	    root != 0 || !map_up(map, (size_t)n, id, &g))
+		return UNKNOWN_ID;
+	return g;
+}
+
+/* The kernel compares global ids: a user namespace's root is not root. */
 static void get_creds(struct creds *c)
 {
+	struct stat sb;
+	int fd = userns_fd(&sb);
+
 	c->euid = geteuid();
 	c->egid = getegid();
 	c->netns = cur_netns();
+	if (fd >= 0 && sb.st_ino == PROC_USER_INIT_INO) {
+		close(fd);
+		return;
+	}
+	if (fd < 0) {
+		c->euid = c->egid = UNKNOWN_ID;
+		return;
+	}
+	close(fd);
+	c->euid = global_id("/proc/thread-self/uid_map", c->euid, sb.st_uid,
+			    read_overflow("/proc/sys/kernel/overflowuid"));
+	c->egid = global_id("/proc/thread-self/gid_map", c->egid, sb.st_gid,
+			    read_overflow("/proc/sys/kernel/overflowgid"));
 }
 
 /*
@@ -947,6 +1115,9 @@ static int create_device_file(unsigned int dev_id)
 	const char *strict = getenv("PYCXI_SIM_STRICT_VNI_OVERLAP");
 	if (strict && *strict && strcmp(strict, "0"))
 		f->flags |= SIM_STRICT_VNI_OVERLAP;
+	const char *stock = getenv("PYCXI_SIM_STOCK_ROOT_PROFILE");
+	if (stock && *stock && strcmp(stock, "0"))
+		f->flags |= SIM_STOCK_ROOT_PROFILE;
 	init_default_svc(f);
 	__atomic_store_n(&f->magic, SIM_MAGIC, __ATOMIC_RELEASE);
 	munmap(f, sizeof(*f));
@@ -1865,6 +2036,19 @@ int cxil_destroy_lni(struct cxil_lni *lni)
 	return 0;
 }
 
+/*
+ * Stock drivers give any global root an implicit exact-VNI profile with a
+ * UID-0 entry for a VNI no profile matches, so root in a pod could use any
+ * free VNI.  Our driver patch (the device's default) does so only for callers
+ * in init_net, and to others that profile grants nothing: they get the answer
+ * a non-root caller gets.  PYCXI_SIM_STOCK_ROOT_PROFILE=1 at device creation
+ * models the stock driver.
+ */
+static int root_profile_ok(const struct sim_file *f, const struct creds *c)
+{
+	return (f->flags & SIM_STOCK_ROOT_PROFILE) || in_init_net(c->netns);
+}
+
 /* find_profile + get_profile (c.3): the profile granting vni to the caller. */
 static int get_profile(struct sim_file *f, unsigned int vni,
 		       const struct creds *c, int is_tx)
@@ -1879,12 +2063,14 @@ static int get_profile(struct sim_file *f, unsigned int vni,
 		if ((vni & (uint16_t)~p->ignore) != p->match)
 			continue;
 		matched = 1;
+		if (p->owner == 0 && !root_profile_ok(f, c))
+			continue;	/* root's implicit profile, see below */
 		if (ac_grants(&p->ac, c))
 			return (int)i;
 	}
 	if (matched)
 		return -EPERM;
-	if (c->euid != 0)
+	if (c->euid != 0 || !root_profile_ok(f, c))
 		return -ENOENT;
 	/* Root gets a private exact-VNI profile with a UID-0 entry. */
 	int idx = prof_create(f, (uint16_t)vni, 0, 0);

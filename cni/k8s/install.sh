@@ -1,23 +1,39 @@
 #!/bin/sh
-# Entry point of the installer DaemonSet: copy /opt/pycxi to the node, write the cxi launcher
-# into the node's CNI bin dir, and keep the plugin's kubeconfig fresh from this pod's service
-# account (bound tokens rotate; the copy is refreshed every REFRESH seconds).
+# Entry point of the cxi-cni DaemonSet's container (cni/k8s/daemonset.yaml), the node component:
+#  1. copy /opt/pycxi to the node, write the cxi launcher into the node's CNI bin dir, write the
+#     plugin's kubeconfig from this pod's service account (bound tokens rotate: refreshed every
+#     REFRESH seconds in the background);
+#  2. exec `pycxi node sweep` (SWEEP=on, the default): release what the runtime leaked, serve
+#     Prometheus metrics on METRICS_ADDRESS:METRICS_PORT.  SIGTERM stops it cleanly.
+# Every path is a container path of a hostPath mount (see the DaemonSet).
 set -eu
-HOST=${HOST_ROOT:-/host}
-BIN=${CNI_BIN_DIR:-/host/opt/cni/bin}
-CONF=${CNI_CONF_DIR:-/host/etc/cni/net.d}/cxi.d
-SA=/var/run/secrets/kubernetes.io/serviceaccount
+BIN=${CNI_BIN_DIR:-/host/cni/bin}
+CONF=${CNI_CONF_DIR:-/host/cni/net.d}/cxi.d
+PREFIX=${PYCXI_PREFIX_DIR:-/host/opt/pycxi}
+DATA_DIR=${CXI_DATA_DIR:-/run/cni/cxi}
 REFRESH=${REFRESH:-600}
+SWEEP=${SWEEP:-on}
+SWEEP_INTERVAL=${SWEEP_INTERVAL:-30}
+METRICS_PORT=${METRICS_PORT:-9477}
+METRICS_ADDRESS=${METRICS_ADDRESS:-0.0.0.0}
+SRC=${PYCXI_IMAGE_PREFIX:-/opt/pycxi}    # (these three are overridden only by the tests)
+PY=${PYCXI_PYTHON:-/opt/pycxi/venv/bin/python}   # the same path in the image and on the node
+SA=${SA_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
 
-mkdir -p "$HOST/opt/pycxi.new" "$CONF"
-cp -a /opt/pycxi/. "$HOST/opt/pycxi.new/"
-rm -rf "$HOST/opt/pycxi.old"
-[ -d "$HOST/opt/pycxi" ] && mv "$HOST/opt/pycxi" "$HOST/opt/pycxi.old"
-mv "$HOST/opt/pycxi.new" "$HOST/opt/pycxi"
-rm -rf "$HOST/opt/pycxi.old"
+# /opt/pycxi on the node is a mount point here: replace its entries one by one (copy beside,
+# then rename), so a plugin call never sees a half-copied tree.
+mkdir -p "$PREFIX" "$CONF"
+for src in "$SRC"/*; do
+    name=$(basename "$src")
+    rm -rf "$PREFIX/.$name.new" "$PREFIX/.$name.old"
+    cp -a "$src" "$PREFIX/.$name.new"
+    if [ -e "$PREFIX/$name" ]; then mv "$PREFIX/$name" "$PREFIX/.$name.old"; fi
+    mv "$PREFIX/.$name.new" "$PREFIX/$name"
+    rm -rf "$PREFIX/.$name.old"
+done
 
-# The launcher names /opt/pycxi/venv/bin/python: the path it has on the node.
-/opt/pycxi/venv/bin/python -m pycxi.cni.install --bin-dir "$BIN" --python /opt/pycxi/venv/bin/python
+# The launcher's shebang names $PY: the path it has on the node.
+"$PY" -m pycxi.cni.install --bin-dir "$BIN" --python "$PY"
 
 write_kubeconfig() {
     umask 077
@@ -33,5 +49,11 @@ KC
     mv "$CONF/cxi.kubeconfig.new" "$CONF/cxi.kubeconfig"
 }
 write_kubeconfig
-echo "cxi CNI plugin installed in $BIN; kubeconfig in $CONF"
-while sleep "$REFRESH"; do write_kubeconfig; done
+echo "cxi CNI plugin installed in $BIN (node path: the DaemonSet's cni-bin hostPath); kubeconfig in $CONF"
+
+if [ "$SWEEP" = off ]; then
+    while sleep "$REFRESH"; do write_kubeconfig; done
+fi
+( while sleep "$REFRESH"; do write_kubeconfig || echo "kubeconfig refresh failed" >&2; done ) &
+exec "$PY" -m pycxi.cli node sweep --data-dir "$DATA_DIR" --interval "$SWEEP_INTERVAL" \
+    --metrics-address "$METRICS_ADDRESS" --metrics-port "$METRICS_PORT"

@@ -10,7 +10,10 @@ Layout (each module imports only the standard library and pycxi):
 * :mod:`pycxi.cni.nic`      the few device operations the plugin needs, over pycxi
 * :mod:`pycxi.cni.commands` ADD, DEL, CHECK, GC, STATUS
 * :mod:`pycxi.cni.plugin`   ``main()``, the ``cxi`` executable
-* :mod:`pycxi.cni.install`  writes a fast launcher into a CNI bin dir, prints/patches a conflist
+* :mod:`pycxi.cni.install`  writes a fast launcher into the runtime's CNI bin dir, prints/patches
+  a conflist
+* :mod:`pycxi.cni.node`     the node component (``pycxi node sweep``): releases what runtimes leak,
+  serves Prometheus metrics; not on the plugin's path
 
 Nothing is imported here, so ``import pycxi.cni.plugin`` stays cheap.
 """
