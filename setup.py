@@ -116,4 +116,14 @@ def _extensions():
                      include_path=[HERE])
 
 
-setup(ext_modules=_extensions())
+def _source_only():
+    """The extensions as sources, for commands that only list or package files (sdist,
+    metadata): choosing a backend there would make `PYCXI_BACKEND=libcxi python -m build`
+    fail at the sdist step on a machine without libcxi, which has nothing to compile."""
+    return [Extension("pycxi.svc", ["pycxi/svc.pyx"]),
+            Extension("pycxi.libcxi_enums", ["pycxi/libcxi_enums.pyx"]),
+            Extension("pycxi.device", ["pycxi/device.pyx", os.path.join("src", "sim.c")])]
+
+
+_NO_BUILD = {"sdist", "egg_info", "dist_info", "check"}
+setup(ext_modules=_source_only() if sys.argv[1:2] and sys.argv[1] in _NO_BUILD else _extensions())

@@ -7,9 +7,31 @@ which is a model for tests and demos, not a NIC and no security boundary).  The 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from pycxi._version import __version__
 from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import cost at run time
+    # ("X as X": an explicit re-export under mypy --strict)
+    from pycxi.device import BACKEND as BACKEND
+    from pycxi.device import NETNS_METHODS as NETNS_METHODS
+    from pycxi.device import SOFTWARE_DEVICE as SOFTWARE_DEVICE
+    from pycxi.device import Cp as Cp
+    from pycxi.device import DevInfo as DevInfo
+    from pycxi.device import Device as Device
+    from pycxi.device import Domain as Domain
+    from pycxi.device import Lni as Lni
+    from pycxi.device import devices as devices
+    from pycxi.netns import netns_inode as netns_inode
+    from pycxi.svc import C_PID_ANY as C_PID_ANY
+    from pycxi.svc import DEVICE_TOTALS as DEVICE_TOTALS
+    from pycxi.svc import RSRC_TYPES as RSRC_TYPES
+    from pycxi.svc import TC_NAMES as TC_NAMES
+    from pycxi.svc import FailInfo as FailInfo
+    from pycxi.svc import RsrcUse as RsrcUse
+    from pycxi.svc import SvcDesc as SvcDesc
+    from pycxi.svc import SvcMember as SvcMember
 
 # name -> submodule; resolved on first access (PEP 562)
 _LAZY = {
@@ -47,5 +69,5 @@ def __getattr__(name: str) -> object:
     return value
 
 
-def __dir__() -> list:
+def __dir__() -> list[str]:
     return sorted(__all__)

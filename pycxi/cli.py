@@ -1,15 +1,19 @@
 """``pycxi``: CXI services from the shell, after HPE's ``cxi_service`` tool.
 
-    pycxi [-d DEV] svc list [--json] [-v]
-    pycxi [-d DEV] svc show ID [--json]
-    pycxi [-d DEV] svc create (--yaml FILE | --vni N ... | --vni-range LO-HI) [--uid N] [--gid N]
-                              [--netns PATH|INODE] [--tc NAME] [--limit TYPE=MAX:RES] [--exclusive-cp]
-    pycxi [-d DEV] svc delete ID | enable ID | disable ID | rsrc [ID] [--json]
-    pycxi [-d DEV] svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
-    pycxi [-d DEV] svc set-netns ID NETNS
-    pycxi [-d DEV] access-check --svc ID [--vni N] [--tc NAME]
-    pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap] [--stock-root-profile]
-    pycxi vni alloc KEY | release KEY | list [--json]
+    pycxi svc list [--json] [-v] | show ID [--json] | rsrc [ID] [--json]
+    pycxi svc create (-y FILE | --vni N ... | --vni-range LO-HI) [--uid N] [--gid N]
+                     [--netns PATH|INODE] [--tc NAME] [--limit TYPE=MAX:RES] [--exclusive-cp]
+    pycxi svc delete ID | enable ID | disable ID | set-netns ID NETNS
+    pycxi svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
+    pycxi access-check --svc ID [--vni N] [--tc NAME]
+    pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap]
+                                                 [--stock-root-profile]
+    pycxi node sweep ...                  (the node component: docs/cli.md)
+    pycxi vni alloc KEY | release KEY | list [--json] | manifests | controller [ARGS...]
+
+cxi_service's usage is accepted as well: ``pycxi list [-s ID] [-v]``, ``pycxi create -y FILE``,
+``pycxi delete|enable|disable -s ID``; ``-s ID`` may replace a service ID argument anywhere, and
+``-d DEV`` (``cxiN`` or ``N``) may be given anywhere.
 
 Errors are one line on stderr naming the errno; the exit status is non-zero.
 """
@@ -19,7 +23,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
 
@@ -39,6 +43,14 @@ def _svc_id(text: str) -> int:
     if not 1 <= v <= 0x7FFFFFFF:
         raise argparse.ArgumentTypeError(f"service ID {v} out of range 1..2147483647")
     return v
+
+
+def _device(text: str) -> int:
+    """cxiN or N, as cxi_service's -d (which wants cxiN) and the device number."""
+    num = text[3:] if text.startswith("cxi") else text
+    if not num.isdigit() or int(num) > 0x7FFFFFFF:
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}: expected cxiN or N")
+    return int(num)
 
 
 def _vni_range(text: str):
@@ -108,6 +120,29 @@ def desc_from_yaml(text: str) -> Dict[str, Any]:
                            "restricted_members": None, "restricted_vnis": None,
                            "restricted_tcs": None, "resource_limits": None}
     vni_min = vni_max = None
+    tcs: List[str] = []
+
+    def add_tc(v) -> None:
+        # cxi_service's parser is flat: a `tc:` counts wherever it appears (its own
+        # template, with `#tcs:` commented out, lists them inside the last member)
+        if not isinstance(v, yaml.ScalarNode) or v.value == "ETH":
+            raise CxiUserError(f"Invalid TC provided: {getattr(v, 'value', '?')}")
+        name = "BULK_DATA" if v.value == "BULK DATA" else v.value
+        if name not in DEFAULT_TCS:
+            raise CxiUserError(f"Invalid TC provided: {v.value}")
+        tcs.append(name)
+        if len(tcs) > len(DEFAULT_TCS):
+            raise CxiUserError("Too many TCs provided")
+
+    def fields_of(item) -> Dict[str, Any]:
+        out_fields = {}
+        for k, v in _pairs(item):
+            if k == "tc":
+                add_tc(v)
+            else:
+                out_fields[k] = v
+        return out_fields
+
     for key, node in _pairs(root):
         if key in ("resource_limits", "restricted_members", "restricted_vnis", "restricted_tcs",
                    "exclusive_cp"):
@@ -120,7 +155,7 @@ def desc_from_yaml(text: str) -> Dict[str, Any]:
                 raise CxiUserError("Unexpected event while processing yaml: limits")
             limits = {}
             for item in node.value:
-                fields = dict((k, v) for k, v in _pairs(item))
+                fields = fields_of(item)
                 if "name" not in fields:
                     raise CxiUserError("limits entry without a name")
                 limits[fields["name"].value] = (
@@ -150,7 +185,7 @@ def desc_from_yaml(text: str) -> Dict[str, Any]:
             if len(node.value) > 2:
                 raise CxiUserError("Too many Service 'Members' provided")
             for item in node.value:
-                fields = dict((k, v) for k, v in _pairs(item))
+                fields = fields_of(item)
                 mtype = fields.get("type")
                 if mtype is None or mtype.value not in ("uid", "gid", "netns"):
                     raise CxiUserError(f"Invalid input for Service Member 'type' "
@@ -163,88 +198,93 @@ def desc_from_yaml(text: str) -> Dict[str, Any]:
                 else:
                     out[mtype.value + "s"].append(ident)
         elif key == "tcs":
-            tcs = []
             for k, v in _pairs(node):
                 if k != "tc":
                     raise CxiUserError(f"Unexpected event while processing yaml: tcs.{k}")
-                if v.value == "ETH":
-                    raise CxiUserError("Invalid TC: ETH")
-                tcs.append(v.value)
-            if len(tcs) > 4:
-                raise CxiUserError("Too many TCs provided")
-            out["tcs"] = tcs
+                add_tc(v)
+        elif key == "tc":
+            add_tc(node)
         else:
             raise CxiUserError(f"Unexpected event while processing yaml: unknown key {key!r}")
     if vni_min is not None or vni_max is not None:
         if vni_min is None or vni_max is None:
             raise CxiUserError("a VNI range needs both vni_min and vni_max")
         out["vni_range"] = (vni_min, vni_max)
+    elif out["exclusive_cp"]:
+        # cxi_service applies exclusive_cp to a range only; its template sets it with a list
+        out["exclusive_cp"] = False
+    if tcs:
+        out["tcs"] = tcs
     return out
 
 
 # -- creating a service -----------------------------------------------------
+#: The traffic classes a service with restricted TCs gets when none are named: the four
+#: cxi_service's template lists (ETH is not a TC a service may restrict to).
+DEFAULT_TCS = ("DEDICATED_ACCESS", "LOW_LATENCY", "BULK_DATA", "BEST_EFFORT")
+
+
 def build_service(dev, *, vnis=None, vni_range=None, uids=(), gids=(), netns=None, tcs=None,
                   limits=None, exclusive_cp=False, restricted_members=None,
                   restricted_vnis=None, restricted_tcs=None, resource_limits=None,
                   netns_method: str = "auto") -> int:
     """Create a service the way ``cxi_service create`` means to, in a safe order.
 
-    Everything is validated before the service exists; a VNI range is set before a
-    netns is bound (so the range profiles admit it); any failure destroys the
-    service before the error propagates.  Unlike cxi_service, a range service is
-    left enabled.
+    Everything is validated before the service exists.  A netns service is made by
+    :meth:`Device.alloc_netns_svc` (which binds the namespace after the range and
+    destroys a half-made service); a range service is left enabled.
     """
-    from pycxi.device import NETNS_METHODS
     from pycxi.svc import SvcDesc, SvcMember
 
     if vnis and vni_range:
         raise CxiUserError("give either VNIs or a VNI range, not both")
     if not vnis and not vni_range and restricted_vnis is not False:
         raise CxiUserError("a service needs VNIs (--vni) or a VNI range (--vni-range)")
-    if netns is not None:
-        if restricted_members is False:
-            raise CxiUserError("restricted_members must be set to 1")
-        if uids or gids:
-            raise CxiUserError("netns based service with uid/gid not supported")
     if exclusive_cp and not vni_range:
         raise CxiUserError("exclusive_cp needs a VNI range")
-    if netns_method == "auto":
-        netns_method = "member" if "member" in NETNS_METHODS else "set_netns"
-    members = [SvcMember.uid(u) for u in uids] + [SvcMember.gid(g) for g in gids]
-    if netns is not None and netns_method == "member":
-        members.append(SvcMember.netns(netns))
-    if len(members) > 2:
-        raise CxiUserError("Too many Service 'Members' provided")
     if vni_range:
         lo, hi = vni_range
         size = hi - lo + 1
         if not (1 <= lo <= hi <= 0xFFFF) or size & (size - 1) or lo % size:
             raise CxiUserError(f"VNI range {lo}-{hi}: size must be a power of two and "
                                f"the start a multiple of it")
+    if restricted_tcs is False:
+        tcs = None
+    elif restricted_tcs and not tcs:
+        tcs = list(DEFAULT_TCS)  # as cxi_service's template; never a service with no TC
+    if resource_limits is False:
+        limits = None
+    elif resource_limits and limits is None:
+        limits = {}  # as cxi_service: a type not listed gets max = res = 0
+    if netns is not None:
+        if restricted_members is False:
+            raise CxiUserError("restricted_members must be set to 1")
+        if uids or gids:
+            raise CxiUserError("netns based service with uid/gid not supported")
+        return dev.alloc_netns_svc(netns, vnis or None, tcs=tcs, limits=limits,
+                                   method=netns_method, vni_range=vni_range,
+                                   exclusive_cp=exclusive_cp)
+    members = [SvcMember.uid(u) for u in uids] + [SvcMember.gid(g) for g in gids]
+    if len(members) > 2:
+        raise CxiUserError("Too many Service 'Members' provided")
     desc = SvcDesc(vnis=vnis or None, members=members, tcs=tcs, limits=limits,
-                   restricted_members=(bool(members) or netns is not None
-                                       if restricted_members is None else restricted_members),
+                   restricted_members=(bool(members) if restricted_members is None
+                                       else restricted_members),
                    restricted_vnis=bool(vnis) if restricted_vnis is None else restricted_vnis,
-                   restricted_tcs=restricted_tcs, resource_limits=resource_limits)
-    if netns is not None and netns_method not in NETNS_METHODS:
-        raise CxiLibError(95, "cxil_svc_set_netns", detail="this libcxi cannot bind a netns")
+                   resource_limits=None if limits is None else True)
     svc_id = dev.alloc_svc(desc)
-    try:
-        if vni_range:
+    if vni_range:
+        try:
             dev.set_vni_range(svc_id, *vni_range)
             if exclusive_cp:
                 dev.set_exclusive_cp(svc_id, True)
-        if netns is not None and netns_method == "set_netns":
-            dev.svc_enable(svc_id, False)
-            dev.set_netns(svc_id, netns)
-        if vni_range or (netns is not None and netns_method == "set_netns"):
             dev.svc_enable(svc_id, True)
-    except BaseException:
-        try:
-            dev.destroy_svc(svc_id)
-        except CxiError:
-            pass
-        raise
+        except BaseException:
+            try:
+                dev.destroy_svc(svc_id)
+            except CxiError:
+                pass
+            raise
     return svc_id
 
 
@@ -317,10 +357,32 @@ def _open(args):
     return Device(args.device)
 
 
+_NEEDS_SVC_ID = ("show", "delete", "enable", "disable", "set-netns", "update")
+
+
+def _svc_id_of(args) -> None:
+    """The service ID as a positional argument or cxi_service's ``-s ID``, into args.svc_id."""
+    pos, opt = getattr(args, "svc_id", None), getattr(args, "svc_id_opt", None)
+    if pos is not None and opt is not None and pos != opt:
+        raise CxiUserError(f"two service IDs given: {pos} and -s {opt}")
+    args.svc_id = pos if pos is not None else opt
+    if args.svc_id is None and args.svc_action in _NEEDS_SVC_ID:
+        raise CxiUserError(f"{args.svc_action} needs a service ID (ID or -s ID)")
+    if args.svc_id is not None and args.svc_action == "create":
+        raise CxiUserError("create is incompatible with -s / --svc-id")
+
+
 def cmd_svc(args) -> int:
+    _svc_id_of(args)
     with _open(args) as dev:
         a = args.svc_action
-        if a == "list":
+        if a == "list" and args.svc_id is not None:
+            info = svc_info(dev, dev.get_svc(args.svc_id))
+            if args.json:
+                print(json.dumps([info], indent=2))
+            else:
+                _print_svc(info, args.verbose)
+        elif a == "list":
             infos = [svc_info(dev, d) for d in dev.svc_list()]
             if args.json:
                 print(json.dumps(infos, indent=2))
@@ -356,6 +418,7 @@ def cmd_svc(args) -> int:
                         "exclusive_cp": args.exclusive_cp}
             svc_id = build_service(dev, netns_method=args.netns_method, **spec)
             print(svc_id)
+            print(f"Successfully created service: {svc_id}", file=sys.stderr)
         elif a == "delete":
             if args.svc_id == 1:
                 raise CxiUserError("Default service cannot be deleted.")
@@ -439,24 +502,9 @@ def cmd_sim(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="CXI services from the shell.")
-    p.add_argument("-d", "--device", default="cxi0", help="device, cxiN (default cxi0)")
-    p.add_argument("-V", "--version", action="store_true", help="print the version and backend")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    svc = sub.add_parser("svc", help="list, create, change and delete services")
-    svc.set_defaults(func=cmd_svc)
-    acts = svc.add_subparsers(dest="svc_action", metavar="ACTION")
-    acts.required = True
-    a = acts.add_parser("list", help="all services")
-    a.add_argument("--json", action="store_true")
-    a.add_argument("-v", "--verbose", action="store_true")
-    a = acts.add_parser("show", help="one service")
-    a.add_argument("svc_id", type=_svc_id)
-    a.add_argument("--json", action="store_true")
-    a = acts.add_parser("create", help="create a service; prints its ID")
-    a.add_argument("-y", "--yaml", help="cxi_service_template.yaml format (member type netns added)")
+def _add_create_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("-y", "--yaml", "--yaml-file", "--yaml_file", dest="yaml",
+                   help="cxi_service_template.yaml format (member type netns added)")
     a.add_argument("--vni", type=_int, action="append", default=[], help="a VNI (repeat, up to 4)")
     a.add_argument("--vni-range", type=_vni_range, help="LO-HI (power-of-two size, aligned)")
     a.add_argument("--uid", type=_int, action="append", default=[])
@@ -464,27 +512,82 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--netns", type=netns_arg, help="a netns path or inode number")
     a.add_argument("--netns-method", choices=("auto", "member", "set_netns"), default="auto",
                    help="how to bind the netns (default: what the platform offers)")
-    a.add_argument("--tc", action="append", default=[], help="a traffic class name (repeat)")
+    a.add_argument("--tc", action="append", default=[],
+                   help="a traffic class name (repeat; default: all)")
     a.add_argument("--limit", type=_limit, action="append", default=[],
                    help="TYPE=MAX:RES, e.g. TLE=0:0 (sets resource_limits)")
     a.add_argument("--exclusive-cp", action="store_true")
-    for name in ("delete", "enable", "disable", "set-netns"):
-        a = acts.add_parser(name, help=f"{name} a service")
-        a.add_argument("svc_id", type=_svc_id)
-        if name == "set-netns":
-            a.add_argument("netns", type=netns_arg, help="a netns path or inode number")
-    a = acts.add_parser("update", help="change a service's stored descriptor")
-    a.add_argument("svc_id", type=_svc_id)
+
+
+def _add_update_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--vni", type=_int, action="append", default=[])
     a.add_argument("--tc", action="append", default=[])
     g = a.add_mutually_exclusive_group()
     g.add_argument("--enable", dest="enable", action="store_true", default=None)
     g.add_argument("--disable", dest="enable", action="store_false")
-    a = acts.add_parser("rsrc", help="resource use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Options cxi_service takes anywhere on its command line; SUPPRESS so that a value
+    # given before the command is not overwritten by the subcommand's default.
+    anywhere = argparse.ArgumentParser(add_help=False)
+    anywhere.add_argument("-d", "--device", type=_device, default=argparse.SUPPRESS,
+                          help="device, cxiN or N (default cxi0)")
+    with_id = argparse.ArgumentParser(add_help=False, parents=[anywhere])
+    with_id.add_argument("-s", "--svc-id", "--svc_id", dest="svc_id_opt", type=_svc_id,
+                         default=None, metavar="ID", help="the service (as cxi_service's -s)")
+
+    p = argparse.ArgumentParser(prog=PROG, description="CXI services from the shell.",
+                                epilog="cxi_service's commands are accepted too: list, create, "
+                                       "delete, enable, disable, update (with -s ID, -y FILE).")
+    p.add_argument("-d", "--device", type=_device, default=0, help="device, cxiN or N (default cxi0)")
+    p.add_argument("-V", "--version", action="store_true", help="print the version and backend")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    svc = sub.add_parser("svc", parents=[anywhere], help="list, create, change and delete services")
+    svc.set_defaults(func=cmd_svc)
+    acts = svc.add_subparsers(dest="svc_action", metavar="ACTION")
+    acts.required = True
+    a = acts.add_parser("list", parents=[with_id], help="all services (or -s ID)")
+    a.add_argument("--json", action="store_true")
+    a.add_argument("-v", "--verbose", action="store_true")
+    a = acts.add_parser("show", parents=[with_id], help="one service")
+    a.add_argument("svc_id", type=_svc_id, nargs="?")
+    a.add_argument("--json", action="store_true")
+    a = acts.add_parser("create", parents=[with_id], help="create a service; prints its ID")
+    _add_create_args(a)
+    for name in ("delete", "enable", "disable", "set-netns"):
+        a = acts.add_parser(name, parents=[with_id], help=f"{name} a service")
+        a.add_argument("svc_id", type=_svc_id, nargs="?")
+        if name == "set-netns":
+            a.add_argument("netns", type=netns_arg, help="a netns path or inode number")
+    a = acts.add_parser("update", parents=[with_id], help="change a service's stored descriptor")
+    a.add_argument("svc_id", type=_svc_id, nargs="?")
+    _add_update_args(a)
+    a = acts.add_parser("rsrc", parents=[with_id], help="resource use")
     a.add_argument("svc_id", type=_svc_id, nargs="?")
     a.add_argument("--json", action="store_true")
 
-    ac = sub.add_parser("access-check", help="can this process use a service (and a VNI)?")
+    # cxi_service's command names at the top level: `pycxi list -v`, `pycxi create -y F`,
+    # `pycxi delete -s 2`; the same actions as `pycxi svc ...`.
+    hpe = {"list": "list services (cxi_service list)", "create": "create a service (-y FILE)",
+           "delete": "delete the service -s ID", "enable": "enable the service -s ID",
+           "disable": "disable the service -s ID", "update": "change the service -s ID"}
+    for name, text in hpe.items():
+        a = sub.add_parser(name, parents=[with_id], help=text)
+        a.set_defaults(func=cmd_svc, svc_action=name)
+        if name == "list":
+            a.add_argument("--json", action="store_true")
+            a.add_argument("-v", "--verbose", action="store_true")
+        elif name == "create":
+            _add_create_args(a)
+        else:
+            a.add_argument("svc_id", type=_svc_id, nargs="?")
+            if name == "update":
+                _add_update_args(a)
+
+    ac = sub.add_parser("access-check", parents=[anywhere],
+                        help="can this process use a service (and a VNI)?")
     ac.add_argument("--svc", type=_svc_id, required=True)
     ac.add_argument("--vni", type=_int)
     ac.add_argument("--tc", help="also allocate a CP with this traffic class")
@@ -517,9 +620,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _split_passthrough(argv: List[str]) -> Tuple[List[str], Optional[List[str]]]:
+    """``pycxi [-d DEV] vni controller ARGS...``: ARGS go to the controller untouched.
+
+    argparse's REMAINDER does not take arguments that start with '-' in a subcommand,
+    so the split is made here: everything after ``vni controller`` is the controller's.
+    """
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in ("-d", "--device") else 1
+    if argv[i:i + 2] == ["vni", "controller"]:
+        return argv[:i + 2], argv[i + 2:]
+    return argv, None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv, passthrough = _split_passthrough(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
+    if passthrough is not None:
+        args.controller_args = passthrough
     if args.version:
         from pycxi import __version__
         from pycxi.device import BACKEND, NETNS_METHODS, SOFTWARE_DEVICE

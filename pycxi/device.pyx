@@ -311,13 +311,17 @@ cdef class Device:
             raise from_rc(rc, "cxil_svc_get_netns", detail=_netns_detail(rc, svc_id))
         return value
 
-    def alloc_netns_svc(self, netns, vnis, tcs=None, limits=None, method="auto"):
+    def alloc_netns_svc(self, netns, vnis=None, tcs=None, limits=None, method="auto", *,
+                        vni_range=None, exclusive_cp=False):
         """Allocate an enabled service that admits exactly the network namespace ``netns``.
 
+        On ``vnis`` (a list) or on ``vni_range`` (``(lo, hi)``, with ``exclusive_cp``).
         ``method`` "member" puts a NET_NS member in the descriptor (patched 12/13.x);
         "set_netns" allocates with no members, disables, calls set_netns and enables
-        again (SHS 14); "auto" picks what the build offers, member first.  Any failure
-        after the allocation destroys the service before the error propagates.
+        again (SHS 14); "auto" picks what the build offers, member first.  A range is set
+        before the namespace is bound (range profiles take the members' entries, not the
+        ones set_netns adds later).  Any failure after the allocation destroys the service
+        before the error propagates.
         """
         if method == "auto":
             method = "member" if "member" in NETNS_METHODS else "set_netns"
@@ -327,18 +331,29 @@ cdef class Device:
             raise CxiLibError(_errno.EOPNOTSUPP,
                               "cxil_svc_set_netns" if method == "set_netns" else "cxil_alloc_svc",
                               detail=f"this libcxi cannot bind a network namespace ({method})")
-        vnis = list(vnis)
-        if not vnis:
-            raise CxiUserError("a netns service needs at least one VNI")
+        vnis = list(vnis or ())
+        if vni_range is not None:
+            if vnis:
+                raise CxiUserError("give either VNIs or a VNI range, not both")
+            lo, hi = vni_range
+        elif not vnis:
+            raise CxiUserError("a netns service needs at least one VNI or a VNI range")
+        elif exclusive_cp:
+            raise CxiUserError("exclusive_cp needs a VNI range")
         member = [SvcMember.netns(netns)] if method == "member" else []
-        desc = SvcDesc(vnis=vnis, members=member, tcs=tcs, limits=limits,
-                       restricted_members=True)
+        desc = SvcDesc(vnis=vnis or None, members=member, tcs=tcs, limits=limits,
+                       restricted_members=True, restricted_vnis=vni_range is None)
         svc_id = self.alloc_svc(desc)
-        if method == "member":
+        if method == "member" and vni_range is None:
             return svc_id
         try:
-            self.svc_enable(svc_id, False)
-            self.set_netns(svc_id, netns)
+            if vni_range is not None:
+                self.set_vni_range(svc_id, lo, hi)
+                if exclusive_cp:
+                    self.set_exclusive_cp(svc_id, True)
+            if method == "set_netns":
+                self.svc_enable(svc_id, False)
+                self.set_netns(svc_id, netns)
             self.svc_enable(svc_id, True)
         except BaseException:
             try:

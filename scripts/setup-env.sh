@@ -35,6 +35,6 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip setuptools wheel cython
+.venv/bin/python -m pip install -q --upgrade pip setuptools wheel cython build
 echo "== building pycxi (.venv, editable)"
 .venv/bin/python -m pip install -q --no-build-isolation -e ".[test]"

@@ -5,6 +5,7 @@ can print and apply them::
 """
 from __future__ import annotations
 
+import re
 from importlib import resources
 from typing import List, Optional
 
@@ -33,5 +34,5 @@ def manifests(servicemonitor: bool = False, *, image: Optional[str] = None,
     docs = [read(n).strip() for n in names]
     out = "\n---\n".join(docs) + "\n"
     if image:
-        out = out.replace("image: ghcr.io/pycxi/pycxi:0.1.0", f"image: {image}")
+        out = re.sub(r"image: ghcr\.io/pycxi/pycxi:\S+", f"image: {image}", out)
     return out
