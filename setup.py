@@ -51,13 +51,15 @@ def _find_libcxi():
     return incs, libdirs, names, [f"-Wl,-rpath,{d}" for d in libdirs]
 
 
-def _compiles(code, incs, libdirs, libs, link):
-    """Does a test program build against the given libcxi?"""
+def _compiles(code, incs, libdirs, libs, link, errors=None):
+    """Does a test program build against the given libcxi?  (errors: gets the compiler's output)"""
     cc = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write("#include <libcxi/libcxi.h>\n" + code)
+            # HPE's cxi_prov_hw.h (included by libcxi.h) calls memset without <string.h>;
+            # the extension's sources include it first too (pycxi/compat.h, Python.h).
+            f.write("#include <string.h>\n#include <libcxi/libcxi.h>\n" + code)
         # An undeclared function must not pass for a declared one (gcc < 14 only warns).
         cmd = [cc, "-Werror=implicit-function-declaration", src, "-o",
                os.path.join(tmp, "probe")] + [f"-I{d}" for d in incs]
@@ -65,7 +67,10 @@ def _compiles(code, incs, libdirs, libs, link):
             cmd += [f"-L{d}" for d in libdirs] + [f"-l{n}" for n in libs]
         else:
             cmd.append("-c")
-        return subprocess.run(cmd, capture_output=True).returncode == 0
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if errors is not None:
+            errors.append(r.stderr)
+        return r.returncode == 0
 
 
 def _config():
@@ -84,9 +89,11 @@ def _config():
                     extra_link_args=["-pthread"], backend="sim")
     incs, libdirs, libs, link_args = found
     macros = []
+    errors = []
     if not _compiles("int main(void){struct cxil_dev *d=0; return cxil_get_svc(d,1,0);}\n",
-                     incs, libdirs, libs, link=True):
-        _fail(f"libcxi found ({incs}, {libdirs}) but a test program does not link against it")
+                     incs, libdirs, libs, link=True, errors=errors):
+        _fail(f"libcxi found ({incs}, {libdirs}) but a test program does not link against it:\n"
+              + "\n".join(errors[0].strip().splitlines()[-15:]))
     if _compiles("int main(void){return cxil_svc_set_netns(0,1,1);}\n", incs, libdirs, libs, True):
         macros.append(("PYCXI_HAVE_SET_NETNS", "1"))
     if _compiles("int f(struct cxi_svc_desc *d){d->members[0].svc_member.netns=1;"

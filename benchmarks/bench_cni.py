@@ -89,7 +89,12 @@ def main(argv=None):
         cxi = install.install_launcher(bindir, python=sys.executable)
         sim = os.path.join(tmp, "sim")
         os.makedirs(sim)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYCXI_SIM_ROOT": sim}
+        # the node policy allowing the static VNIs below (docs/cni.md, "The node policy")
+        policy = os.path.join(tmp, "cni-policy.json")
+        with open(policy, "w") as f:
+            json.dump({"staticVnis": [[1024, 65535]]}, f)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYCXI_SIM_ROOT": sim,
+               "PYCXI_CNI_POLICY": policy}
         r = subprocess.run([sys.executable, "-c", f"from pycxi.device import sim_reset; sim_reset({a.devices})"],
                            env=dict(os.environ, PYCXI_SIM_ROOT=sim, PYTHONPATH=REPO), capture_output=True)
         if r.returncode:

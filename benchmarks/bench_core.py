@@ -1,5 +1,6 @@
 """alloc_svc + destroy_svc cycle on the software CXI device, from C and from Python,
-in one run; prints JSON with both figures and the Python/C ratio (goal <= 1.25).
+in one run; prints JSON with both figures and the Python/C ratio (goal <= 1.25).  The same
+for allocating + freeing each object type on an LNI (obj_cycle.c against Lni's methods).
 
     python benchmarks/bench_core.py [--cycles N] [--repeats R] [--quick]
 """
@@ -25,6 +26,77 @@ def build_c(tmp):
                     os.path.join(HERE, "svc_cycle.c"), os.path.join(REPO, "src", "sim.c"),
                     "-o", exe, "-pthread"], check=True)
     return exe
+
+
+def build_c_objs(tmp):
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    exe = os.path.join(tmp, "obj_cycle")
+    subprocess.run([cc, "-O2", "-I", os.path.join(REPO, "include"), "-I", os.path.join(REPO, "src"),
+                    os.path.join(HERE, "obj_cycle.c"), os.path.join(REPO, "src", "sim.c"),
+                    "-o", exe, "-pthread"], check=True)
+    return exe
+
+
+OBJ_KINDS = ("cp", "md", "eq", "pte", "txq", "tgq", "ct")
+OBJ_BATCH = 200       # a fresh LNI every BATCH cycles, as obj_cycle.c does
+
+
+def c_obj_ns(exe, svc_id, cycles):
+    out = subprocess.run([exe, str(svc_id), str(cycles)], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)
+
+
+def py_obj_ns(svc_id, cycles):
+    import mmap
+
+    import pycxi
+
+    buf = mmap.mmap(-1, 4096)
+    out = {}
+    with pycxi.Device(0) as dev:
+        for kind in OBJ_KINDS:
+            best = float("inf")
+            for done in range(0, cycles, OBJ_BATCH):
+                lni = dev.alloc_lni(svc_id)
+                cp = lni.alloc_cp(4242)
+                qmd = lni.map(buf)
+                lcid = cp.lcid
+                m = min(OBJ_BATCH, cycles - done)
+                rng = range(m)
+                t0 = time.perf_counter()
+                if kind == "cp":
+                    alloc_cp = lni.alloc_cp
+                    for _ in rng:
+                        alloc_cp(4242).close()
+                elif kind == "md":
+                    map_ = lni.map
+                    for _ in rng:
+                        map_(buf).close()
+                elif kind == "eq":
+                    alloc_evtq = lni.alloc_evtq
+                    for _ in rng:
+                        alloc_evtq(qmd).close()
+                elif kind == "pte":
+                    alloc_pte = lni.alloc_pte
+                    for _ in rng:
+                        alloc_pte().close()
+                elif kind == "txq":
+                    alloc_cmdq = lni.alloc_cmdq
+                    for _ in rng:
+                        alloc_cmdq(transmit=True, lcid=lcid).close()
+                elif kind == "tgq":
+                    alloc_cmdq = lni.alloc_cmdq
+                    for _ in rng:
+                        alloc_cmdq().close()
+                else:
+                    alloc_ct = lni.alloc_ct
+                    for _ in rng:
+                        alloc_ct().close()
+                best = min(best, (time.perf_counter() - t0) / m)
+                lni.close()
+            out[kind] = best * 1e9      # the fastest batch, as obj_cycle.c reports
+    return out
 
 
 def c_cycle_ns(exe, cycles):
@@ -86,6 +158,22 @@ def main(argv=None):
         # medians are reported too
         c, py = min(c_ns), min(py_ns)
         scaling = py_scaling([0, 50, 100, 200, 250], max(1000, args.cycles // 20))
+        # objects on an LNI, on a service with the CNI plugin's default limits
+        from pycxi.cni.config import DEFAULT_LIMITS
+
+        with pycxi.Device(0) as dev:
+            obj_svc = dev.alloc_svc(pycxi.SvcDesc(vnis=[4242], limits=DEFAULT_LIMITS))
+        objexe = build_c_objs(tmp)
+        ocycles = max(5000, args.cycles // 5)
+        c_o, py_o = [], []
+        for _ in range(args.repeats):
+            c_o.append(c_obj_ns(objexe, obj_svc, ocycles))
+            py_o.append(py_obj_ns(obj_svc, ocycles))
+        objects = {}
+        for k in OBJ_KINDS:
+            ck, pk = min(r[k] for r in c_o), min(r[k] for r in py_o)
+            objects[k] = {"c_ns_per_cycle": round(ck, 1), "python_ns_per_cycle": round(pk, 1),
+                          "python_over_c": round(pk / ck, 3)}
         result = {"benchmark": "svc_alloc_destroy_cycle", "backend": pycxi.BACKEND,
                   "cycles": args.cycles, "repeats": args.repeats,
                   "c_ns_per_cycle": round(c, 1), "python_ns_per_cycle": round(py, 1),
@@ -93,7 +181,9 @@ def main(argv=None):
                   "median_python_over_c": round(statistics.median(py_ns) / statistics.median(c_ns), 3),
                   "c_runs": [round(x, 1) for x in c_ns], "python_runs": [round(x, 1) for x in py_ns],
                   # 250: the RX-profile table (256 entries) bounds services with VNIs
-                  "scaling": scaling}
+                  "scaling": scaling,
+                  "objects": {"cycles": ocycles, "goal": 1.25, "estimator": "min of runs",
+                              **objects}}
         print(json.dumps(result, indent=2))
         return 0
     finally:

@@ -20,7 +20,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = {
-    "core": ("bench_core.py", "alloc_svc + destroy_svc cycle, C vs Python"),
+    "core": ("bench_core.py", "alloc_svc + destroy_svc cycle and object alloc+free, C vs Python"),
     "cni": ("bench_cni.py", "CNI ADD/DEL latency vs the interpreter floor and Go tuning"),
     "vni_store": ("bench_vni_store.py", "VNI store per-allocation cost vs the original's SQL"),
     "controller": ("bench_controller.py", "controller burst: Jobs created at once until all have a VNI, then deleted until all are quarantined"),
@@ -72,7 +72,18 @@ def md_core(r):
             f"Medians of the same runs: Python / C = {r.get('median_python_over_c', '?')}; the "
             "cycle is dominated by the device call itself (two CAP_SYS_ADMIN checks, the lock, "
             "the undo journal), so the wrapper adds little.", "",
-            f"Cycle cost with N other services on the device — {scale}."]
+            f"Cycle cost with N other services on the device — {scale}.", *md_objects(r)]
+
+
+def md_objects(r):
+    o = r.get("objects")
+    if not o:
+        return []
+    rows = [f"| {k} | {v['c_ns_per_cycle']:.0f} ns | {v['python_ns_per_cycle']:.0f} ns | "
+            f"{v['python_over_c']:.3f} |" for k, v in o.items() if isinstance(v, dict)]
+    return ["", f"Allocating + freeing each object type on an LNI ({o['cycles']} cycles, fastest "
+            f"batch; goal ≤ {o['goal']}):", "",
+            "| object | C | Python | Python / C |", "|---|---|---|---|", *rows]
 
 
 def md_cni(r):

@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import
     from pycxi.device import NETNS_METHODS as NETNS_METHODS
     from pycxi.device import SOFTWARE_DEVICE as SOFTWARE_DEVICE
     from pycxi.device import Cp as Cp
+    from pycxi.device import Ct as Ct
+    from pycxi.device import Cq as Cq
+    from pycxi.device import Eq as Eq
+    from pycxi.device import Md as Md
+    from pycxi.device import Pte as Pte
     from pycxi.device import DevInfo as DevInfo
     from pycxi.device import Device as Device
     from pycxi.device import Domain as Domain
@@ -44,6 +49,11 @@ _LAZY = {
     "Lni": "pycxi.device",
     "Domain": "pycxi.device",
     "Cp": "pycxi.device",
+    "Md": "pycxi.device",
+    "Eq": "pycxi.device",
+    "Pte": "pycxi.device",
+    "Cq": "pycxi.device",
+    "Ct": "pycxi.device",
     "devices": "pycxi.device",
     "SvcDesc": "pycxi.svc",
     "SvcMember": "pycxi.svc",

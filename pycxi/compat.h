@@ -13,7 +13,9 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <string.h>	/* before libcxi.h: HPE's cxi_prov_hw.h uses memset without it */
 #include <libcxi/libcxi.h>
 
 #ifdef PYCXI_BACKEND_SIM
@@ -81,6 +83,59 @@ static inline int pycxi_x_sim_check(unsigned int d, char *m, size_t l)
 	return pycxi_sim_check(d, m, l);
 }
 
+/*
+ * Service calls that SHS 12.0.x's libcxi lacks (its kernel has no service
+ * enable, exclusive CP or VNI range): weak where libcxi is the system's, so
+ * that the extension loads against every release and these calls answer
+ * -EOPNOTSUPP there.  The prototypes are upstream's (SHS 13.1 and 14.0).
+ */
+#ifdef PYCXI_SIM_WEAK
+extern int cxil_svc_enable(struct cxil_dev *dev, unsigned int svc_id, bool enable)
+	__attribute__((weak));
+extern int cxil_svc_set_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+				     bool exclusive_cp) __attribute__((weak));
+extern int cxil_svc_get_exclusive_cp(struct cxil_dev *dev, unsigned int svc_id,
+				     bool *exclusive_cp) __attribute__((weak));
+extern int cxil_svc_set_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+				  uint16_t vni_min, uint16_t vni_max) __attribute__((weak));
+extern int cxil_svc_get_vni_range(struct cxil_dev *dev, unsigned int svc_id,
+				  uint16_t *vni_min, uint16_t *vni_max) __attribute__((weak));
+#define PYCXI_IF_ABSENT(fn)		\
+	do {				\
+		if (!(fn))		\
+			return -EOPNOTSUPP; \
+	} while (0)
+#else
+#define PYCXI_IF_ABSENT(fn) do { } while (0)
+#endif
+static inline int pycxi_x_svc_enable(struct cxil_dev *d, unsigned int s, bool e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_enable);
+	return cxil_svc_enable(d, s, e);
+}
+static inline int pycxi_x_svc_set_exclusive_cp(struct cxil_dev *d, unsigned int s, bool e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_set_exclusive_cp);
+	return cxil_svc_set_exclusive_cp(d, s, e);
+}
+static inline int pycxi_x_svc_get_exclusive_cp(struct cxil_dev *d, unsigned int s, bool *e)
+{
+	PYCXI_IF_ABSENT(cxil_svc_get_exclusive_cp);
+	return cxil_svc_get_exclusive_cp(d, s, e);
+}
+static inline int pycxi_x_svc_set_vni_range(struct cxil_dev *d, unsigned int s,
+					    uint16_t lo, uint16_t hi)
+{
+	PYCXI_IF_ABSENT(cxil_svc_set_vni_range);
+	return cxil_svc_set_vni_range(d, s, lo, hi);
+}
+static inline int pycxi_x_svc_get_vni_range(struct cxil_dev *d, unsigned int s,
+					    uint16_t *lo, uint16_t *hi)
+{
+	PYCXI_IF_ABSENT(cxil_svc_get_vni_range);
+	return cxil_svc_get_vni_range(d, s, lo, hi);
+}
+
 /* The ABI value of CXI_SVC_MEMBER_NET_NS, also where the header lacks it. */
 #define PYCXI_SVC_MEMBER_NET_NS 3
 
@@ -141,5 +196,34 @@ static inline void pycxi_member_set(struct cxi_svc_desc *d, int i, int type,
 	d->members[i].type = (enum cxi_svc_member_type)type;
 	d->members[i].svc_member.uid = value;
 }
+
+
+/* The header's flag enums are anonymous: named ones for pycxi.libcxi_enums. */
+enum pycxi_map_flags {
+	PYCXI_MAP_PIN = CXI_MAP_PIN,
+	PYCXI_MAP_ATS = CXI_MAP_ATS,
+	PYCXI_MAP_WRITE = CXI_MAP_WRITE,
+	PYCXI_MAP_READ = CXI_MAP_READ,
+	PYCXI_MAP_FAULT = CXI_MAP_FAULT,
+	PYCXI_MAP_NOCACHE = CXI_MAP_NOCACHE,
+	PYCXI_MAP_USER_ADDR = CXI_MAP_USER_ADDR,
+	PYCXI_MAP_ATS_PT = CXI_MAP_ATS_PT,
+	PYCXI_MAP_ATS_DYN = CXI_MAP_ATS_DYN,
+	PYCXI_MAP_DEVICE = CXI_MAP_DEVICE,
+	PYCXI_MAP_ALLOC_MD = CXI_MAP_ALLOC_MD,
+	PYCXI_MAP_PREFETCH = CXI_MAP_PREFETCH,
+};
+enum pycxi_cq_flags {
+	PYCXI_CQ_IS_TX = CXI_CQ_IS_TX,
+	PYCXI_CQ_TX_ETHERNET = CXI_CQ_TX_ETHERNET,
+	PYCXI_CQ_TX_WITH_TRIG_CMDS = CXI_CQ_TX_WITH_TRIG_CMDS,
+};
+enum pycxi_eq_flags {
+	PYCXI_EQ_PASSTHROUGH = CXI_EQ_PASSTHROUGH,
+	PYCXI_EQ_INIT_LONG = CXI_EQ_INIT_LONG,
+	PYCXI_EQ_TGT_LONG = CXI_EQ_TGT_LONG,
+	PYCXI_EQ_EC_DISABLE = CXI_EQ_EC_DISABLE,
+	PYCXI_EQ_REGISTER_PCT = CXI_EQ_REGISTER_PCT,
+};
 
 #endif /* PYCXI_COMPAT_H */

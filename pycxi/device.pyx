@@ -6,9 +6,12 @@ Every C call is followed by the same check: a negative return becomes
 """
 import errno as _errno
 
+cimport cython
+
 from libc.errno cimport EINVAL, ENOSPC
-from libc.stdint cimport uint16_t
+from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memset
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from pycxi.libcxi cimport *
@@ -50,6 +53,23 @@ cdef inline int _vni(object vni) except -1:
     if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= 0xFFFF:
         raise CxiUserError(f"VNI {vni!r} is not valid: VNIs are 1..65535")
     return vni
+
+
+# the order reserve_rsrcs checks the types in; the first reservation larger than what
+# is left is the one refused (later types are not looked at: rsrc_avail stays 0)
+_RESERVE_ORDER = ("PTE", "TXQ", "TGQ", "EQ", "CT", "LE", "AC")
+
+
+def _short_of(desc, info):
+    """Name the reservation an ENOSPC from cxil_alloc_svc refused, if it was one."""
+    if not desc.resource_limits or info.no_le_pools or info.no_tle_pools:
+        return ""
+    lim = desc.limits
+    for name in _RESERVE_ORDER:
+        mx, res = lim[name]
+        if (mx or res) and res > info.rsrc_avail[name]:
+            return f"{name} reservation {res} > {info.rsrc_avail[name]} unreserved"
+    return ""
 
 
 class DevInfo:
@@ -103,7 +123,32 @@ def _dev_id_of(dev):
     raise CxiUserError(f"invalid device {dev!r}: expected cxiN or a device number")
 
 
-cdef class Device:
+cdef class CxiObject:
+    """Base of pycxi's handles: ``close()`` (idempotent), ``closed`` and ``with``."""
+
+    cdef bint _is_closed(self):
+        return True
+
+    cdef int _destroy(self) except -1:
+        return 0
+
+    @property
+    def closed(self):
+        return self._is_closed()
+
+    def close(self):
+        """Release the object (``cxil_destroy_*``); a second call does nothing."""
+        if not self._is_closed():
+            self._destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+cdef class Device(CxiObject):
     """An open CXI device (``cxil_open_device``); use it as a context manager.
 
     Services are device-wide driver objects: closing the device or dropping this
@@ -133,24 +178,16 @@ cdef class Device:
     def name(self):
         return f"cxi{self.dev_id}"
 
-    @property
-    def closed(self):
+    cdef bint _is_closed(self):
         return self.dev == NULL
 
-    def close(self):
-        """Release LNIs opened through this handle, then the handle (idempotent)."""
-        if self.dev == NULL:
-            return
+    cdef int _destroy(self) except -1:
+        # LNIs opened through this handle first, then the handle
         for lni in list(self.lnis or ()):
             lni.close()
         cxil_close_device(self.dev)
         self.dev = NULL
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return 0
 
     def __repr__(self):
         return f"<pycxi.Device {self.name}{' closed' if self.dev == NULL else ''}>"
@@ -171,7 +208,10 @@ cdef class Device:
         self._svc_call_check()
         rc = cxil_alloc_svc(self.dev, &desc.desc, &fi)
         if rc < 0:
-            raise from_rc(rc, "cxil_alloc_svc", fail_info_from(&fi) if rc == -ENOSPC else None)
+            if rc != -ENOSPC:
+                raise from_rc(rc, "cxil_alloc_svc")
+            info = fail_info_from(&fi)
+            raise from_rc(rc, "cxil_alloc_svc", info, detail=_short_of(desc, info))
         return rc
 
     def destroy_svc(self, svc_id):
@@ -380,15 +420,18 @@ cdef class Device:
 
         lni.device = self
         lni.svc_id = svc_id
-        lni.children = weakref.WeakSet()
         if self.lnis is None:
             self.lnis = weakref.WeakSet()
         self.lnis.add(lni)
         return lni
 
 
-cdef class Lni:
-    """A logical network interface on a service; release it with :meth:`close`."""
+cdef class Lni(CxiObject):
+    """A logical network interface on a service; release it with :meth:`close`.
+
+    The objects allocated on it (domains, CPs, MDs, EQs, PTEs, CQs, CTs) are charged to
+    its service and closed with it, dependents first.
+    """
 
     def __cinit__(self):
         self.lni = NULL
@@ -404,81 +447,263 @@ cdef class Lni:
 
     @property
     def id(self):
+        return self._live().id
+
+    cdef cxil_lni *_live(self) except NULL:
         if self.lni == NULL:
             raise CxiUserError("the LNI is closed")
-        return self.lni.id
+        return self.lni
 
-    @property
-    def closed(self):
+    cdef bint _is_closed(self):
         return self.lni == NULL
 
-    def close(self):
-        """Release children, then the LNI (``cxil_destroy_lni``; idempotent)."""
-        if self.lni == NULL:
-            return
-        for child in list(self.children):
+    cdef int _destroy(self) except -1:
+        # children, those others refer to last (PTEs/CQs, then EQs, then MDs)
+        cdef list kids = []
+        cdef void *p = self._head
+        while p != NULL:
+            kids.append(<LniObject>p)
+            p = (<LniObject>p)._next
+        for child in sorted(kids, key=_rank):
             child.close()
         cdef int rc = cxil_destroy_lni(self.lni)
         if rc < 0:
             raise from_rc(rc, "cxil_destroy_lni")
         self.lni = NULL
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return 0
 
     def alloc_domain(self, vni, pid=None):
         """Allocate a domain on a VNI (``cxil_alloc_domain``): checks VNI access."""
         cdef Domain d = Domain.__new__(Domain)
         cdef unsigned int p = C_PID_ANY if pid is None else pid
-        if self.lni == NULL:
-            raise CxiUserError("the LNI is closed")
-        cdef int rc = cxil_alloc_domain(self.lni, _vni(vni), p, &d.dom)
+        cdef int rc = cxil_alloc_domain(self._live(), _vni(vni), p, &d.dom)
         if rc < 0:
             d.dom = NULL
             raise from_rc(rc, "cxil_alloc_domain", detail=f"VNI {vni}")
-        d.lni = self
-        self.children.add(d)
-        return d
+        return _adopt(self, d, 0)
 
     def alloc_cp(self, vni, tc="BEST_EFFORT", tc_type=0):
         """Allocate a communication profile (``cxil_alloc_cp``): checks VNI and TC."""
+        return self.alloc_trig_cp(vni, tc, tc_type, _ANY_LCID)
+
+    def alloc_trig_cp(self, vni, tc="BEST_EFFORT", tc_type=0, cp_type=_ANY_LCID):
+        """``cxil_alloc_trig_cp``: ``cp_type`` 0 (TRIG_LCID) asks for LCID 0, 1
+        (NON_TRIG_LCID) for another one, 2 (ANY_LCID) for any, as ``alloc_cp`` does."""
         cdef Cp c = Cp.__new__(Cp)
-        if self.lni == NULL:
-            raise CxiUserError("the LNI is closed")
+        cdef cxil_lni *lni = self._live()
         if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _U32_MAX:
             raise CxiUserError(f"VNI {vni!r} is not valid")
         t = tc if isinstance(tc, int) and not isinstance(tc, bool) and 0 <= tc < 8 else tc_index(tc)
         if isinstance(tc_type, bool) or not isinstance(tc_type, int) or not 0 <= tc_type < 4:
             raise CxiUserError(f"tc_type must be 0..3, got {tc_type!r}")
-        cdef int rc = cxil_alloc_cp(self.lni, vni, <cxi_traffic_class>t,
-                                    <cxi_traffic_class_type>tc_type, &c.cp)
+        if isinstance(cp_type, bool) or not isinstance(cp_type, int) or not 0 <= cp_type <= _ANY_LCID:
+            raise CxiUserError(f"cp_type must be 0..2 (TRIG_LCID, NON_TRIG_LCID, ANY_LCID), "
+                               f"got {cp_type!r}")
+        cdef int rc = cxil_alloc_trig_cp(lni, vni, <cxi_traffic_class>t,
+                                         <cxi_traffic_class_type>tc_type, <cxi_trig_cp>cp_type,
+                                         &c.cp)
         if rc < 0:
             c.cp = NULL
-            raise from_rc(rc, "cxil_alloc_cp", detail=f"VNI {vni}")
-        c.lni = self
-        self.children.add(c)
-        return c
+            raise from_rc(rc, "cxil_alloc_cp" if cp_type == _ANY_LCID else "cxil_alloc_trig_cp",
+                          detail=f"VNI {vni}")
+        return _adopt(self, c, 0)
+
+    def map(self, buf, flags=None):
+        """Map a buffer (``cxil_map``; anything with the buffer protocol, kept alive by the
+        returned :class:`Md`).  ``flags`` default PIN|READ|WRITE.  Each distinct set of
+        flags (READ/WRITE aside) needs an address context (AC) of the service."""
+        cdef Md m = Md.__new__(Md)
+        cdef cxil_lni *lni = self._live()
+        cdef Py_buffer view
+        cdef uint32_t f = _MAP_DEFAULT if flags is None else _u32(flags, "map flags")
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        try:
+            rc = cxil_map(lni, view.buf, view.len, f, NULL, &m.md)
+        finally:
+            PyBuffer_Release(&view)
+        if rc < 0:
+            m.md = NULL
+            raise from_rc(rc, "cxil_map", detail=f"AC for flags {f:#x}, svc_id {self.svc_id}")
+        m.buf = buf
+        return _adopt(self, m, 3)
+
+    def alloc_evtq(self, Md md=None, queue=None, flags=0):
+        """Allocate an event queue (``cxil_alloc_evtq``).  Its buffer is ``queue`` (page
+        aligned, e.g. an ``mmap``) or, by default, the whole of ``md``'s buffer; with
+        ``CXI_EQ_PASSTHROUGH`` in ``flags`` no MD is needed."""
+        cdef Eq e = Eq.__new__(Eq)
+        cdef cxil_lni *lni = self._live()
+        cdef cxi_eq_attr attr
+        cdef Py_buffer view
+        cdef int rc
+        memset(&attr, 0, sizeof(attr))
+        attr.flags = _u32(flags, "EQ flags")
+        if queue is None:
+            if md is None or md.md == NULL:
+                raise CxiUserError("alloc_evtq needs an open md or a queue buffer")
+            queue = md.buf
+        PyObject_GetBuffer(queue, &view, PyBUF_SIMPLE)
+        try:
+            attr.queue = view.buf
+            attr.queue_len = view.len
+            rc = cxil_alloc_evtq(lni, md.md if md is not None else NULL, &attr, NULL, NULL,
+                                 &e.eq)
+        finally:
+            PyBuffer_Release(&view)
+        if rc < 0:
+            e.eq = NULL
+            raise from_rc(rc, "cxil_alloc_evtq", detail=f"EQ, svc_id {self.svc_id}")
+        e.md = md
+        e.queue = queue
+        return _adopt(self, e, 2)
+
+    def alloc_pte(self, Eq eq=None, is_matching=False, ethernet=False):
+        """Allocate a portal table entry (``cxil_alloc_pte``), with or without an EQ."""
+        cdef Pte p = Pte.__new__(Pte)
+        cdef cxil_lni *lni = self._live()
+        cdef cxi_pt_alloc_opts opts
+        memset(&opts, 0, sizeof(opts))
+        opts.is_matching = 1 if is_matching else 0
+        opts.ethernet = 1 if ethernet else 0
+        cdef int rc = cxil_alloc_pte(lni, _eq_ptr(eq), &opts, &p.pte)
+        if rc < 0:
+            p.pte = NULL
+            raise from_rc(rc, "cxil_alloc_pte", detail=f"PTE, svc_id {self.svc_id}")
+        p.eq = eq
+        return _adopt(self, p, 1)
+
+    def alloc_cmdq(self, Eq eq=None, *, transmit=False, count=1024, lcid=0, flags=0,
+                   policy=0, lpe_cdt_thresh_id=0):
+        """Allocate a command queue (``cxil_alloc_cmdq``): ``transmit=True`` (or
+        ``CXI_CQ_IS_TX`` in ``flags``) takes a TXQ and needs a CP of this LNI holding
+        ``lcid``; otherwise a target queue (TGQ)."""
+        cdef Cq q = Cq.__new__(Cq)
+        cdef cxil_lni *lni = self._live()
+        cdef cxi_cq_alloc_opts opts
+        memset(&opts, 0, sizeof(opts))
+        opts.count = _u32(count, "count")
+        opts.flags = _u32(flags, "CQ flags") | (CXI_CQ_IS_TX if transmit else 0)
+        opts.lcid = _u32(lcid, "lcid")
+        opts.policy = <cxi_cq_update_policy>_u32(policy, "policy")
+        opts.lpe_cdt_thresh_id = _u32(lpe_cdt_thresh_id, "lpe_cdt_thresh_id")
+        cdef int rc = cxil_alloc_cmdq(lni, _eq_ptr(eq), &opts, &q.cq)
+        if rc < 0:
+            q.cq = NULL
+            raise from_rc(rc, "cxil_alloc_cmdq", detail=("TXQ" if opts.flags & CXI_CQ_IS_TX else "TGQ") + f", svc_id {self.svc_id}")
+        q.eq = eq
+        q.transmit = (opts.flags & CXI_CQ_IS_TX) != 0
+        return _adopt(self, q, 1)
+
+    def alloc_ct(self):
+        """Allocate a counting event (``cxil_alloc_ct``, without a write-back buffer)."""
+        cdef Ct c = Ct.__new__(Ct)
+        cdef int rc = cxil_alloc_ct(self._live(), NULL, &c.ct)
+        if rc < 0:
+            c.ct = NULL
+            raise from_rc(rc, "cxil_alloc_ct", detail=f"CT, svc_id {self.svc_id}")
+        return _adopt(self, c, 0)
 
     def __repr__(self):
         return f"<pycxi.Lni svc_id={self.svc_id}{' closed' if self.lni == NULL else ''}>"
 
 
-cdef class Domain:
+cdef int _ANY_LCID = 2            # enum cxi_trig_cp: TRIG_LCID, NON_TRIG_LCID, ANY_LCID
+cdef uint32_t _MAP_DEFAULT = CXI_MAP_PIN | CXI_MAP_READ | CXI_MAP_WRITE
+
+
+cdef inline uint32_t _u32(object v, str what) except? 0xFFFFFFFF:
+    cdef int overflow = 0
+    cdef long long x
+    if type(v) is int:   # the common case, without Python-level comparisons
+        x = PyLong_AsLongLongAndOverflow(v, &overflow)
+        if not overflow and 0 <= x < 0xFFFFFFFF:
+            return <uint32_t>x
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U32_MAX:
+        raise CxiUserError(f"{what}: expected an integer 0..{_U32_MAX}, got {v!r}")
+    if v == _U32_MAX:
+        return 0xFFFFFFFF
+    return v
+
+
+cdef cxi_eq *_eq_ptr(Eq eq) except? NULL:
+    if eq is None:
+        return NULL
+    if eq.eq == NULL:
+        raise CxiUserError("the EQ is closed")
+    return eq.eq
+
+
+def _rank(LniObject o):
+    return o.rank
+
+
+cdef object _adopt(Lni lni, LniObject child, int rank):
+    child.lni = lni
+    child.rank = rank
+    child._next = lni._head
+    if lni._head != NULL:
+        (<LniObject>lni._head)._prev = <void *>child
+    lni._head = <void *>child
+    child._linked = True
+    return child
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+cdef class LniObject(CxiObject):
+    """An object allocated on an :class:`Lni` (created by its ``alloc_*``/``map``)."""
+
+    def __dealloc__(self):
+        self._unlink()
+
+    cdef void _unlink(self):
+        # borrowed pointers: an object leaves its LNI's list when closed or freed
+        if not self._linked:
+            return
+        self._linked = False
+        if self._prev != NULL:
+            (<LniObject>self._prev)._next = self._next
+        elif self.lni is not None:
+            self.lni._head = self._next
+        if self._next != NULL:
+            (<LniObject>self._next)._prev = self._prev
+        self._prev = self._next = NULL
+
+    def close(self):
+        """Release the object (``cxil_destroy_*``/``cxil_unmap``); a second call does nothing."""
+        if not self._is_closed():
+            self._destroy()
+            self._unlink()
+
+    def __init__(self):
+        raise TypeError(f"use the Lni's methods to allocate a {type(self).__name__}")
+
+    def __repr__(self):
+        return f"<pycxi.{type(self).__name__}{' closed' if self._is_closed() else ''}>"
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Domain(LniObject):
     """A domain (VNI, PID) allocated on an LNI."""
 
     def __cinit__(self):
         self.dom = NULL
 
-    def __init__(self):
-        raise TypeError("use Lni.alloc_domain()")
-
     def __dealloc__(self):
         if self.dom != NULL:
             cxil_destroy_domain(self.dom)
             self.dom = NULL
+
+    cdef bint _is_closed(self):
+        return self.dom == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_destroy_domain(self.dom)
+        if rc < 0:
+            raise from_rc(rc, "cxil_destroy_domain")
+        self.dom = NULL
+        return 0
 
     @property
     def vni(self):
@@ -488,52 +713,199 @@ cdef class Domain:
     def pid(self):
         return self.dom.pid if self.dom != NULL else None
 
-    def close(self):
-        if self.dom == NULL:
-            return
-        cdef int rc = cxil_destroy_domain(self.dom)
-        if rc < 0:
-            raise from_rc(rc, "cxil_destroy_domain")
-        self.dom = NULL
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-cdef class Cp:
-    """A communication profile allocated on an LNI."""
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Cp(LniObject):
+    """A communication profile allocated on an LNI (``lcid`` is what a TXQ names)."""
 
     def __cinit__(self):
         self.cp = NULL
-
-    def __init__(self):
-        raise TypeError("use Lni.alloc_cp()")
 
     def __dealloc__(self):
         if self.cp != NULL:
             cxil_destroy_cp(self.cp)
             self.cp = NULL
 
-    @property
-    def vni(self):
-        return self.cp.vni if self.cp != NULL else None
+    cdef bint _is_closed(self):
+        return self.cp == NULL
 
-    def close(self):
-        if self.cp == NULL:
-            return
+    cdef int _destroy(self) except -1:
         cdef int rc = cxil_destroy_cp(self.cp)
         if rc < 0:
             raise from_rc(rc, "cxil_destroy_cp")
         self.cp = NULL
+        return 0
 
-    def __enter__(self):
-        return self
+    @property
+    def vni(self):
+        return self.cp.vni if self.cp != NULL else None
 
-    def __exit__(self, *exc):
+    @property
+    def lcid(self):
+        return self.cp.lcid if self.cp != NULL else None
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Md(LniObject):
+    """A memory descriptor (``cxil_map``); :meth:`close` is ``cxil_unmap``.  Its AC stays
+    charged to the service until the LNI is destroyed, as on the hardware."""
+
+    def __cinit__(self):
+        self.md = NULL
+
+    def __dealloc__(self):
+        if self.md != NULL:
+            cxil_unmap(self.md)
+            self.md = NULL
+
+    cdef bint _is_closed(self):
+        return self.md == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_unmap(self.md)
+        if rc < 0:
+            raise from_rc(rc, "cxil_unmap")
+        self.md = NULL
+        return 0
+
+    def unmap(self):
         self.close()
+
+    @property
+    def va(self):
+        return self.md.va if self.md != NULL else None
+
+    @property
+    def len(self):
+        return self.md.len if self.md != NULL else None
+
+    @property
+    def iova(self):
+        return self.md.iova if self.md != NULL else None
+
+    @property
+    def lac(self):
+        return self.md.lac if self.md != NULL else None
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Eq(LniObject):
+    """An event queue (``cxil_alloc_evtq``); ``EBUSY`` on close while a PTE or CQ uses it."""
+
+    def __cinit__(self):
+        self.eq = NULL
+
+    def __dealloc__(self):
+        if self.eq != NULL:
+            cxil_destroy_evtq(self.eq)
+            self.eq = NULL
+
+    cdef bint _is_closed(self):
+        return self.eq == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_destroy_evtq(self.eq)
+        if rc < 0:
+            raise from_rc(rc, "cxil_destroy_evtq")
+        self.eq = NULL
+        return 0
+
+    @property
+    def eqn(self):
+        return self.eq.eqn if self.eq != NULL else None
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Pte(LniObject):
+    """A portal table entry (``cxil_alloc_pte``)."""
+
+    def __cinit__(self):
+        self.pte = NULL
+
+    def __dealloc__(self):
+        if self.pte != NULL:
+            cxil_destroy_pte(self.pte)
+            self.pte = NULL
+
+    cdef bint _is_closed(self):
+        return self.pte == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_destroy_pte(self.pte)
+        if rc < 0:
+            raise from_rc(rc, "cxil_destroy_pte")
+        self.pte = NULL
+        return 0
+
+    @property
+    def ptn(self):
+        return self.pte.ptn if self.pte != NULL else None
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Cq(LniObject):
+    """A command queue (``cxil_alloc_cmdq``): a TXQ if ``transmit``, else a TGQ."""
+
+    def __cinit__(self):
+        self.cq = NULL
+
+    def __dealloc__(self):
+        if self.cq != NULL:
+            cxil_destroy_cmdq(self.cq)
+            self.cq = NULL
+
+    cdef bint _is_closed(self):
+        return self.cq == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_destroy_cmdq(self.cq)
+        if rc < 0:
+            raise from_rc(rc, "cxil_destroy_cmdq")
+        self.cq = NULL
+        return 0
+
+    @property
+    def size(self):
+        return self.cq.size if self.cq != NULL else None
+
+
+@cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
+@cython.freelist(8)
+@cython.final
+cdef class Ct(LniObject):
+    """A counting event (``cxil_alloc_ct``)."""
+
+    def __cinit__(self):
+        self.ct = NULL
+
+    def __dealloc__(self):
+        if self.ct != NULL:
+            cxil_destroy_ct(self.ct)
+            self.ct = NULL
+
+    cdef bint _is_closed(self):
+        return self.ct == NULL
+
+    cdef int _destroy(self) except -1:
+        cdef int rc = cxil_destroy_ct(self.ct)
+        if rc < 0:
+            raise from_rc(rc, "cxil_destroy_ct")
+        self.ct = NULL
+        return 0
+
+    @property
+    def ctn(self):
+        return self.ct.ctn if self.ct != NULL else None
 
 
 # -- software device extras (BACKEND == "sim") ------------------------------
@@ -560,7 +932,7 @@ def sim_status(dev=0):
             "rgids_used": st.rgids_used, "tle_pools_used": st.tle_pools_used,
             "le_pools_used": st.le_pools_used, "reaped_lnis": st.reaped_lnis,
             "recoveries": st.recoveries,
-            "reserved": {RSRC_TYPES[t]: st.reserved[t] for t in range(8)}}
+            "reserved": {RSRC_TYPES[t]: st.reserved[t] for t in range(CXI_RSRC_TYPE_MAX)}}
 
 
 def sim_check(dev=0):

@@ -1,5 +1,5 @@
 # Declarations only: a mirror of <libcxi/libcxi.h> and <uapi/misc/cxi.h> (service API).
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "<stdbool.h>":
     ctypedef bint cbool "bool"
@@ -10,11 +10,22 @@ cdef extern from "libcxi/libcxi.h" nogil:
     int CXI_SVC_MAX_VNIS
     int CXI_DEFAULT_SVC_ID
     int C_PID_ANY
+    int CXI_SVC_MEMBER_MAX
+    int CXI_RSRC_TYPE_MAX
+    int CXI_TC_MAX
+    # flags the object calls use (values: the header's enums)
+    int CXI_MAP_PIN
+    int CXI_MAP_READ
+    int CXI_MAP_WRITE
+    int CXI_CQ_IS_TX
+    int CXI_EQ_PASSTHROUGH
 
     # The enums' members are declared once, for Python, in libcxi_enums.pyx; the C calls
     # here only need the types.
     ctypedef int cxi_traffic_class "enum cxi_traffic_class"
     ctypedef int cxi_traffic_class_type "enum cxi_traffic_class_type"
+    ctypedef int cxi_trig_cp "enum cxi_trig_cp"
+    ctypedef int cxi_cq_update_policy "enum cxi_cq_update_policy"
 
     cdef struct cxi_limits:
         uint16_t max
@@ -90,6 +101,58 @@ cdef extern from "libcxi/libcxi.h" nogil:
         unsigned int vni
         unsigned int lcid
 
+    cdef struct cxi_md:
+        uint64_t iova
+        uint64_t va
+        size_t len
+        uint8_t lac
+        unsigned int id
+
+    cdef struct cxi_md_hints:
+        pass
+
+    cdef struct cxi_eq_attr:
+        void *queue
+        size_t queue_len
+        uint64_t flags
+        unsigned int status_thresh_base
+        unsigned int status_thresh_delta
+        unsigned int status_thresh_count
+        unsigned int ec_delay
+        unsigned int cpu_affinity
+        unsigned int reserved_slots
+
+    cdef struct cxi_eq:
+        unsigned int eqn
+
+    cdef struct cxil_pte:
+        unsigned int ptn
+
+    cdef struct cxi_pt_alloc_opts:
+        uint64_t is_matching
+        uint64_t ethernet
+
+    cdef struct cxi_cq_alloc_opts:
+        unsigned int count
+        cxi_cq_update_policy policy
+        unsigned int stat_cnt_pool
+        uint32_t flags
+        unsigned int lcid
+        unsigned int lpe_cdt_thresh_id
+
+    cdef struct cxi_cq:
+        unsigned int size
+        unsigned int idx
+
+    cdef struct c_ct_writeback:
+        pass
+
+    cdef struct cxi_ct:
+        unsigned int ctn
+
+    cdef struct cxil_wait_obj:
+        pass
+
     cdef struct cxil_device_list:
         unsigned int count
         cxil_devinfo info[1]
@@ -117,18 +180,28 @@ cdef extern from "libcxi/libcxi.h" nogil:
     int cxil_destroy_svc(cxil_dev *dev, unsigned int svc_id)
     int cxil_set_svc_lpr(cxil_dev *dev, unsigned int svc_id, unsigned int lnis_per_rgid)
     int cxil_get_svc_lpr(cxil_dev *dev, unsigned int svc_id)
-    int cxil_svc_enable(cxil_dev *dev, unsigned int svc_id, cbool enable)
-    int cxil_svc_set_exclusive_cp(cxil_dev *dev, unsigned int svc_id, cbool exclusive_cp)
-    int cxil_svc_get_exclusive_cp(cxil_dev *dev, unsigned int svc_id, cbool *exclusive_cp)
-    int cxil_svc_set_vni_range(cxil_dev *dev, unsigned int svc_id, uint16_t vni_min, uint16_t vni_max)
-    int cxil_svc_get_vni_range(cxil_dev *dev, unsigned int svc_id, uint16_t *vni_min, uint16_t *vni_max)
     int cxil_alloc_lni(cxil_dev *dev, cxil_lni **lni, unsigned int svc_id)
     int cxil_destroy_lni(cxil_lni *lni)
     int cxil_alloc_domain(cxil_lni *lni, unsigned int vni, unsigned int pid, cxil_domain **domain)
     int cxil_destroy_domain(cxil_domain *domain)
     int cxil_alloc_cp(cxil_lni *lni, unsigned int vni, cxi_traffic_class tc,
                       cxi_traffic_class_type tc_type, cxi_cp **cp)
+    int cxil_alloc_trig_cp(cxil_lni *lni, unsigned int vni, cxi_traffic_class tc,
+                           cxi_traffic_class_type tc_type, cxi_trig_cp cp_type, cxi_cp **cp)
     int cxil_destroy_cp(cxi_cp *cp)
+    int cxil_map(cxil_lni *lni, void *va, size_t len, uint32_t flags, cxi_md_hints *hints,
+                 cxi_md **md)
+    int cxil_unmap(cxi_md *md)
+    int cxil_alloc_evtq(cxil_lni *lni, const cxi_md *md, const cxi_eq_attr *attr,
+                        cxil_wait_obj *event_wait, cxil_wait_obj *status_wait, cxi_eq **evtq)
+    int cxil_destroy_evtq(cxi_eq *evtq)
+    int cxil_alloc_pte(cxil_lni *lni, cxi_eq *evtq, cxi_pt_alloc_opts *opts, cxil_pte **pte)
+    int cxil_destroy_pte(cxil_pte *pte)
+    int cxil_alloc_cmdq(cxil_lni *lni, cxi_eq *evtq, const cxi_cq_alloc_opts *opts,
+                        cxi_cq **cmdq)
+    int cxil_destroy_cmdq(cxi_cq *cmdq)
+    int cxil_alloc_ct(cxil_lni *lni, c_ct_writeback *wb, cxi_ct **ct)
+    int cxil_destroy_ct(cxi_ct *ct)
 
 
 # The build's netns flavour and the simulator extras (see compat.h).
@@ -142,6 +215,16 @@ cdef extern from "compat.h" nogil:
     void pycxi_member_set(cxi_svc_desc *d, int i, int type, unsigned int value)
     int pycxi_svc_set_netns(cxil_dev *dev, unsigned int svc_id, unsigned int netns)
     int pycxi_svc_get_netns(cxil_dev *dev, unsigned int svc_id, unsigned int *netns)
+    # not in SHS 12.0.x's libcxi: -EOPNOTSUPP there (compat.h)
+    int cxil_svc_enable "pycxi_x_svc_enable"(cxil_dev *dev, unsigned int svc_id, cbool enable)
+    int cxil_svc_set_exclusive_cp "pycxi_x_svc_set_exclusive_cp"(
+        cxil_dev *dev, unsigned int svc_id, cbool exclusive_cp)
+    int cxil_svc_get_exclusive_cp "pycxi_x_svc_get_exclusive_cp"(
+        cxil_dev *dev, unsigned int svc_id, cbool *exclusive_cp)
+    int cxil_svc_set_vni_range "pycxi_x_svc_set_vni_range"(
+        cxil_dev *dev, unsigned int svc_id, uint16_t vni_min, uint16_t vni_max)
+    int cxil_svc_get_vni_range "pycxi_x_svc_get_vni_range"(
+        cxil_dev *dev, unsigned int svc_id, uint16_t *vni_min, uint16_t *vni_max)
 
     cdef struct pycxi_sim_status:
         unsigned int services

@@ -8,6 +8,7 @@ MAX_MEMBERS: int
 MAX_VNIS: int
 VNI_MAX: int
 C_PID_ANY: int
+DEFAULT_SVC_ID: int
 
 def rsrc_index(name: Union[str, int]) -> int: ...
 def tc_index(name: Union[str, int]) -> int: ...

@@ -4,6 +4,7 @@ from libc.string cimport memset, memcpy
 
 from pycxi.libcxi cimport (cxi_svc_desc, cxi_svc_fail_info, cxi_rsrc_use,
                            pycxi_member_value, pycxi_member_type, pycxi_member_set)
+from pycxi cimport libcxi as _h
 
 from pycxi.errors import CxiUserError
 
@@ -16,9 +17,12 @@ MEMBER_TYPES = ("ignore", "uid", "gid", "netns")
 # device resource totals, the upper bound the driver validates limits against
 DEVICE_TOTALS = {"PTE": 2048, "TXQ": 1024, "TGQ": 512, "EQ": 2047, "CT": 2047,
                  "LE": 16384, "TLE": 2048, "AC": 1022}
-MAX_MEMBERS = 2
-C_PID_ANY = 0x1FF     # "any free PID" for alloc_domain (1 << pid_bits) - 1
-MAX_VNIS = 4
+# The header's limits, taken from it at build time
+MAX_MEMBERS = _h.CXI_SVC_MAX_MEMBERS
+C_PID_ANY = _h.C_PID_ANY      # "any free PID" for alloc_domain
+MAX_VNIS = _h.CXI_SVC_MAX_VNIS
+DEFAULT_SVC_ID = _h.CXI_DEFAULT_SVC_ID
+assert len(RSRC_TYPES) == _h.CXI_RSRC_TYPE_MAX and len(TC_NAMES) == _h.CXI_TC_MAX
 VNI_MAX = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
 
@@ -150,12 +154,12 @@ class RsrcUse:
 
 
 cdef object fail_info_from(const cxi_svc_fail_info *fi):
-    return FailInfo({RSRC_TYPES[t]: fi.rsrc_avail[t] for t in range(8)},
+    return FailInfo({RSRC_TYPES[t]: fi.rsrc_avail[t] for t in range(_h.CXI_RSRC_TYPE_MAX)},
                     fi.no_le_pools, fi.no_tle_pools, fi.no_cntr_pools)
 
 
 cdef object rsrc_use_from(const cxi_rsrc_use *u):
-    return RsrcUse(u.svc_id, u.tle_pool_id, {RSRC_TYPES[t]: u.in_use[t] for t in range(8)})
+    return RsrcUse(u.svc_id, u.tle_pool_id, {RSRC_TYPES[t]: u.in_use[t] for t in range(_h.CXI_RSRC_TYPE_MAX)})
 
 
 cdef SvcDesc desc_from(const cxi_svc_desc *d):
@@ -339,12 +343,12 @@ cdef class SvcDesc:
     @property
     def tcs(self):
         """Names of the traffic classes whose ``tcs[]`` flag is set."""
-        return [TC_NAMES[i] for i in range(5) if self.desc.tcs[i]]
+        return [TC_NAMES[i] for i in range(_h.CXI_TC_MAX) if self.desc.tcs[i]]
 
     @tcs.setter
     def tcs(self, tcs):
         idx = {tc_index(t) for t in tcs}
-        for i in range(5):
+        for i in range(_h.CXI_TC_MAX):
             self.desc.tcs[i] = i in idx
 
     # -- resource limits --------------------------------------------------
@@ -352,7 +356,7 @@ cdef class SvcDesc:
     def limits(self):
         """``{"PTE": (max, res), ...}`` for all eight resource types."""
         return {RSRC_TYPES[t]: (self.desc.limits.type[t].max, self.desc.limits.type[t].res)
-                for t in range(8)}
+                for t in range(_h.CXI_RSRC_TYPE_MAX)}
 
     @limits.setter
     def limits(self, limits):

@@ -85,7 +85,7 @@ class Demo:
                           "dataDir": os.path.join(self.scratch, "ipam")}},
                 {"type": "cxi", "dataDir": os.path.join(self.scratch, "cni"),
                  "logFile": os.path.join(self.scratch, "cxi.log"),
-                 "localAllocator": {"path": self.db, "key": t["job"]}},
+                 "localAllocator": {"key": t["job"]}},
             ],
         }
 
@@ -95,7 +95,12 @@ class Demo:
         from pycxi.cni.install import launcher_text
         import pycxi.device
 
-        step(f"software CXI device under {self.sim_root}")
+        # The node's policy (docs/cni.md): the local allocator, with the demo's database.
+        # PYCXI_SIM_ROOT in the plugin's environment chooses the software device on purpose.
+        self.node_conf = os.path.join(self.scratch, "cni-policy.json")
+        with open(self.node_conf, "w") as f:
+            json.dump({"localAllocator": {"path": self.db}, "logDir": self.scratch}, f)
+        step(f"software CXI device under {self.sim_root}; node policy {self.node_conf}")
         pycxi.device.sim_reset(1)
         bindir = os.path.join(self.scratch, "bin")
         os.makedirs(bindir)
@@ -104,7 +109,8 @@ class Demo:
         os.chmod(os.path.join(bindir, "cxi"), 0o755)
         self.cnitool = CniTool([bindir, DEBIAN_CNI], os.path.join(self.scratch, "cache"),
                                exec_prefix=["ip", "netns", "exec", f"pycxi-demo-host-{self.tag}"],
-                               extra_env={"PYCXI_SIM_ROOT": self.sim_root})
+                               extra_env={"PYCXI_SIM_ROOT": self.sim_root,
+                                          "PYCXI_CNI_POLICY": self.node_conf})
         step("host-side namespace for the bridge, and four pods")
         self.add_netns(f"pycxi-demo-host-{self.tag}")
         for tenant, i in PODS:

@@ -44,7 +44,7 @@
 #include "sim.h"
 
 #define SIM_MAGIC 0x3130494358435950ULL /* "PYCXCI01" */
-#define SIM_VERSION 5
+#define SIM_VERSION 6
 
 #define MAX_SVC 1024
 #define MAX_PROF 4096
@@ -132,6 +132,31 @@ struct sim_child {
 	int32_t lni;			/* index into lni[] */
 	int32_t prof;			/* -1 for ETH CPs */
 	uint64_t serial;
+	uint8_t lcid, tc, tc_type;	/* CPs */
+};
+
+#define MAX_OBJ 16384		/* MDs, ACs, EQs, PTEs, CQs, CTs on all LNIs */
+
+/* An object on an LNI that the application allocated (see "Objects"). */
+struct sim_obj {
+	uint8_t used;
+	uint8_t kind;			/* OBJ_* */
+	uint8_t parked;			/* destroyed, still charged (driver cleanup lists) */
+	uint8_t lac;			/* AC, MD: the AC's logical address context */
+	int32_t lni;			/* index into lni[] */
+	int32_t ref;			/* MD: its AC; EQ: its MD; PTE, CQ: its EQ; or -1 */
+	uint32_t refs;			/* live objects referring to this one */
+	uint32_t flags;			/* AC: masked map flags; MD, CQ: flags */
+	uint64_t serial;
+};
+
+/* Resource accounting (cass_alloc_resource) and the objects behind it. */
+struct sim_rsrc {
+	uint16_t in_use[MAX_SVC][CXI_RSRC_TYPE_MAX];	/* per service */
+	uint16_t shared_use[CXI_RSRC_TYPE_MAX];		/* above reservations */
+	uint16_t hw_in_use[CXI_RSRC_TYPE_MAX];		/* hardware IDs taken */
+	uint32_t obj_hw;
+	struct sim_obj obj[MAX_OBJ];
 };
 
 struct sim_state {
@@ -148,6 +173,7 @@ struct sim_state {
 	struct sim_prof prof[MAX_PROF];
 	struct sim_lni lni[MAX_LNI];
 	struct sim_child child[MAX_CHILD];
+	struct sim_rsrc rsrc;			/* objects on LNIs (see "Objects") */
 };
 
 struct sim_journal {
@@ -948,11 +974,15 @@ static void child_free(struct sim_file *f, int idx)
 	memset(c, 0, sizeof(*c));
 }
 
+static void objs_release(struct sim_file *f, int lni_idx);
+
 static void lni_free(struct sim_file *f, int idx)
 {
 	struct sim_state *st = &f->st;
 	struct sim_lni *l = &st->lni[idx];
 	struct sim_svc *s = svc_get(st, l->svc_id);
+
+	objs_release(f, idx);
 
 	for (uint32_t i = 0; i < st->child_hw && l->nchild; i++) {
 		if (st->child[i].used && st->child[i].lni == idx) {
@@ -1591,13 +1621,16 @@ void cxil_free_svc_list(struct cxil_svc_list *svc_list)
 	free(svc_list);
 }
 
-static void fill_rsrc_use(struct sim_svc *s, struct cxi_rsrc_use *u)
+static void fill_rsrc_use(const struct sim_state *st, struct sim_svc *s,
+			  struct cxi_rsrc_use *u)
 {
 	memset(u, 0, sizeof(*u));
 	u->svc_id = s->desc.svc_id;
 	u->tle_pool_id = s->tle_pool >= 0 ? (unsigned)s->tle_pool : 0;
-	/* No PTE/EQ/... objects are modelled: in_use stays 0, as 13.1
-	 * reports LE (PE0 software count) for services without objects. */
+	/* PTE, TXQ, TGQ, EQ, CT, AC: the objects charged to it.  LE stays 0
+	 * (13.1 reports PE0's software count) and so does TLE (read from the
+	 * hardware, which holds no triggered operations here). */
+	memcpy(u->in_use, st->rsrc.in_use[s->desc.svc_id - 1], sizeof(u->in_use));
 }
 
 int cxil_get_svc_rsrc_use(struct cxil_dev *dev, unsigned int svc_id,
@@ -1612,10 +1645,13 @@ int cxil_get_svc_rsrc_use(struct cxil_dev *dev, unsigned int svc_id,
 	if (rc)
 		return rc;
 	struct sim_svc *s = svc_get(&f->st, svc_id);
-	if (!s)
+	if (!s) {
 		rc = -EINVAL;
-	else
-		fill_rsrc_use(s, rsrcs);
+	} else {
+		if (s->nlni)	/* a dead process's objects went with its fd */
+			reap_dead(DEV_SD(dev), svc_id);
+		fill_rsrc_use(&f->st, s, rsrcs);
+	}
 	return sim_unlock(f, rc);
 }
 
@@ -1631,6 +1667,7 @@ int cxil_get_svc_rsrc_list(struct cxil_dev *dev,
 	rc = user_begin(dev, &f);
 	if (rc)
 		return rc;
+	reap_dead(DEV_SD(dev), 0);
 	unsigned int n = svc_order(&f->st, ids);
 	struct cxil_svc_rsrc_list *l = malloc(sizeof(*l) + n * sizeof(struct cxi_rsrc_use));
 	if (!l) {
@@ -1638,7 +1675,7 @@ int cxil_get_svc_rsrc_list(struct cxil_dev *dev,
 	} else {
 		l->count = n;
 		for (unsigned int i = 0; i < n; i++)
-			fill_rsrc_use(&f->st.svc[ids[i] - 1], &l->rsrcs[i]);
+			fill_rsrc_use(&f->st, &f->st.svc[ids[i] - 1], &l->rsrcs[i]);
 		*rsrc_list = l;
 	}
 	return sim_unlock(f, rc);
@@ -2226,9 +2263,13 @@ int cxil_destroy_domain(struct cxil_domain *domain)
 	return rc;
 }
 
-int cxil_alloc_cp(struct cxil_lni *lni, unsigned int vni,
-		  enum cxi_traffic_class tc, enum cxi_traffic_class_type tc_type,
-		  struct cxi_cp **cp)
+static int cp_lcid(struct sim_file *f, struct sim_lni_handle *lh, unsigned int vni,
+		   unsigned int tc, unsigned int tc_type, int cp_type);
+
+/* cxi_trig_cp_alloc: cxil_alloc_cp is the ANY_LCID case. */
+int cxil_alloc_trig_cp(struct cxil_lni *lni, unsigned int vni,
+		       enum cxi_traffic_class tc, enum cxi_traffic_class_type tc_type,
+		       enum cxi_trig_cp cp_type, struct cxi_cp **cp)
 {
 	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
 	struct creds c;
@@ -2275,15 +2316,24 @@ int cxil_alloc_cp(struct cxil_lni *lni, unsigned int vni,
 		rc = -ENOMEM;
 		goto out;
 	}
+	int lcid = cp_lcid(f, lh, vni, tc, tc_type, cp_type);
+	if (lcid < 0) {
+		free(ch);
+		rc = lcid;
+		goto out;
+	}
 	rc = child_add(f, lh, CHILD_CP, vni, 0, prof, &ch->idx, &ch->serial);
 	if (rc) {
 		free(ch);
 		goto out;
 	}
+	f->st.child[ch->idx].lcid = (uint8_t)lcid;
+	f->st.child[ch->idx].tc = (uint8_t)tc;
+	f->st.child[ch->idx].tc_type = (uint8_t)tc_type;
 	ch->pub.vni = vni;
 	ch->pub.tc = tc;
 	ch->pub.tc_type = tc_type;
-	ch->pub.lcid = (unsigned)ch->idx % 16;
+	ch->pub.lcid = (unsigned)lcid;
 	ch->lni = lh;
 	lh->nchild++;
 	*cp = &ch->pub;
@@ -2299,6 +2349,772 @@ int cxil_destroy_cp(struct cxi_cp *cp)
 	int rc = child_destroy(ch->lni, ch->idx, ch->serial);
 	if (rc == 0)
 		free(ch);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Objects: what an application allocates on an LNI and what the service
+ * is charged for.  The driver's accounting (cass_alloc_resource, 13.1 and
+ * main alike): within the service's reservation an object is always
+ * charged; above it, up to max, while the device's count of objects above
+ * reservations (shared_use) is below the device total; then -ENOSPC.  No
+ * limit entry (max = res = 0) is -EBADR, a disabled service -EKEYREVOKED.
+ * Behind the charge the hardware ID allocator (ida) is the last bound.
+ *
+ * What a destroy gives back also follows the driver: destroyed EQs, PTEs,
+ * CTs and CQs hang on the LNI's cleanup lists, still charged, until the LNI
+ * goes; the LNI's next EQ or PTE reuses one of them uncharged, and a CQ
+ * allocation that finds no room first finalises the LNI's parked CQs.  An
+ * AC, once written, lives as long as its LNI: cxil_unmap frees only the MD.
+ */
+
+enum { OBJ_AC = 1, OBJ_MD, OBJ_EQ, OBJ_PTE, OBJ_TXQ, OBJ_TGQ, OBJ_CT };
+
+#define NUM_LACS 8		/* C_NUM_LACS: ACs per RGID */
+#define NUM_LCIDS 16		/* C_COMM_PROF_PER_CQ: CPs per RGID */
+#define MIN_CQ_COUNT 64
+#define PAGE_SZ 4096u
+/* The map flags an AC is chosen by (ATU_FLAGS_MASK): not READ/WRITE etc. */
+#define ATU_FLAGS_IGNORED (CXI_MAP_READ | CXI_MAP_WRITE | CXI_MAP_ALLOC_MD | \
+			   CXI_MAP_FAULT | CXI_MAP_PREFETCH)
+
+/* IDs the hardware tables hand out (PTE 0 is never allocated). */
+static const uint16_t hw_ids[CXI_RSRC_TYPE_MAX] = {
+	[CXI_RSRC_TYPE_PTE] = 2047, [CXI_RSRC_TYPE_TXQ] = 1024,
+	[CXI_RSRC_TYPE_TGQ] = 512,  [CXI_RSRC_TYPE_EQ] = 2047,
+	[CXI_RSRC_TYPE_CT] = 2047,  [CXI_RSRC_TYPE_LE] = 16384,
+	[CXI_RSRC_TYPE_TLE] = 2048, [CXI_RSRC_TYPE_AC] = 1022,
+};
+
+static int obj_rsrc_type(int kind)
+{
+	switch (kind) {
+	case OBJ_AC: return CXI_RSRC_TYPE_AC;
+	case OBJ_EQ: return CXI_RSRC_TYPE_EQ;
+	case OBJ_PTE: return CXI_RSRC_TYPE_PTE;
+	case OBJ_TXQ: return CXI_RSRC_TYPE_TXQ;
+	case OBJ_TGQ: return CXI_RSRC_TYPE_TGQ;
+	case OBJ_CT: return CXI_RSRC_TYPE_CT;
+	default: return -1;	/* MDs cost nothing but their AC */
+	}
+}
+
+/* cxi_rgroup_alloc_resource + the hardware ID; caller holds the lock. */
+static int rsrc_charge(struct sim_file *f, uint32_t svc_id, int t)
+{
+	struct sim_state *st = &f->st;
+	struct sim_rsrc *r = &st->rsrc;
+	struct sim_svc *s = svc_get(st, svc_id);
+
+	if (!s)
+		return -EINVAL;
+	if (!s->enabled)
+		return -EKEYREVOKED;
+	const struct cxi_limits *lim = &s->desc.limits.type[t];
+	if (!lim->max && !lim->res)
+		return -EBADR;
+	uint16_t *use = &r->in_use[svc_id - 1][t];
+	int shared = 0;
+	if (*use >= lim->res) {
+		if (*use >= lim->max || r->shared_use[t] >= dev_totals[t])
+			return -ENOSPC;
+		shared = 1;
+	}
+	if (r->hw_in_use[t] >= hw_ids[t])
+		return -ENOSPC;
+	J(f, use);
+	(*use)++;
+	J(f, &r->hw_in_use[t]);
+	r->hw_in_use[t]++;
+	if (shared) {
+		J(f, &r->shared_use[t]);
+		r->shared_use[t]++;
+	}
+	return 0;
+}
+
+/* cass_free_resource */
+static void rsrc_uncharge(struct sim_file *f, uint32_t svc_id, int t)
+{
+	struct sim_state *st = &f->st;
+	struct sim_rsrc *r = &st->rsrc;
+	struct sim_svc *s = svc_get(st, svc_id);
+	uint16_t *use = &r->in_use[svc_id - 1][t];
+
+	if (s && *use > s->desc.limits.type[t].res) {
+		J(f, &r->shared_use[t]);
+		r->shared_use[t]--;
+	}
+	J(f, use);
+	(*use)--;
+	J(f, &r->hw_in_use[t]);
+	r->hw_in_use[t]--;
+}
+
+static int obj_add(struct sim_file *f, int32_t lni, int kind, int32_t ref,
+		   uint32_t flags)
+{
+	struct sim_state *st = &f->st;
+	struct sim_rsrc *r = &st->rsrc;
+	uint32_t i;
+
+	for (i = 0; i < MAX_OBJ; i++)
+		if (!r->obj[i].used)
+			break;
+	if (i == MAX_OBJ)
+		return -ENOMEM;
+	if (i >= r->obj_hw) {
+		J(f, &r->obj_hw);
+		r->obj_hw = i + 1;
+	}
+	J(f, &st->serial);
+	struct sim_obj *o = &r->obj[i];
+	J(f, o);
+	memset(o, 0, sizeof(*o));
+	o->used = 1;
+	o->kind = (uint8_t)kind;
+	o->lni = lni;
+	o->ref = ref;
+	o->flags = flags;
+	o->serial = ++st->serial;
+	if (ref >= 0) {
+		J(f, &r->obj[ref].refs);
+		r->obj[ref].refs++;
+	}
+	return (int)i;
+}
+
+static void obj_unref(struct sim_file *f, struct sim_obj *o)
+{
+	if (o->ref < 0)
+		return;
+	struct sim_obj *t = &f->st.rsrc.obj[o->ref];
+	J(f, &t->refs);
+	t->refs--;
+	o->ref = -1;
+}
+
+/* Free an object record, returning its charge. */
+static void obj_free(struct sim_file *f, uint32_t i)
+{
+	struct sim_state *st = &f->st;
+	struct sim_obj *o = &st->rsrc.obj[i];
+	int t = obj_rsrc_type(o->kind);
+
+	J(f, o);
+	obj_unref(f, o);
+	if (t >= 0)
+		rsrc_uncharge(f, st->lni[o->lni].svc_id, t);
+	memset(o, 0, sizeof(*o));
+}
+
+/* The LNI is going (destroy, fd close, reaped owner): everything on it. */
+static void objs_release(struct sim_file *f, int lni_idx)
+{
+	struct sim_rsrc *r = &f->st.rsrc;
+
+	for (uint32_t i = 0; i < r->obj_hw; i++)
+		if (r->obj[i].used && r->obj[i].lni == lni_idx)
+			obj_free(f, i);
+}
+
+/* A parked object of this kind on the LNI, or -1. */
+static int obj_parked(struct sim_file *f, int32_t lni, int kind)
+{
+	struct sim_rsrc *r = &f->st.rsrc;
+
+	for (uint32_t i = 0; i < r->obj_hw; i++) {
+		struct sim_obj *o = &r->obj[i];
+		if (o->used && o->parked && o->lni == lni && o->kind == kind)
+			return (int)i;
+	}
+	return -1;
+}
+
+/* Charge a new object of a kind, or reuse a parked one (EQ, PTE). */
+static int obj_new(struct sim_file *f, struct sim_lni_handle *lh, int kind,
+		   int32_t ref, uint32_t flags)
+{
+	struct sim_state *st = &f->st;
+	int reuse = (kind == OBJ_EQ || kind == OBJ_PTE) ?
+		    obj_parked(f, lh->idx, kind) : -1;
+
+	if (reuse >= 0) {
+		struct sim_obj *o = &st->rsrc.obj[reuse];
+		J(f, o);
+		o->parked = 0;
+		o->ref = ref;
+		o->flags = flags;
+		J(f, &st->serial);
+		o->serial = ++st->serial;
+		if (ref >= 0) {
+			J(f, &st->rsrc.obj[ref].refs);
+			st->rsrc.obj[ref].refs++;
+		}
+		return reuse;
+	}
+	uint32_t svc_id = st->lni[lh->idx].svc_id;
+	int t = obj_rsrc_type(kind);
+	int rc = rsrc_charge(f, svc_id, t);
+	if (rc && (kind == OBJ_TXQ || kind == OBJ_TGQ)) {
+		/* finalize_cq_cleanups, then once more */
+		struct sim_rsrc *r = &st->rsrc;
+		for (uint32_t i = 0; i < r->obj_hw; i++) {
+			struct sim_obj *o = &r->obj[i];
+			if (o->used && o->parked && o->lni == lh->idx &&
+			    (o->kind == OBJ_TXQ || o->kind == OBJ_TGQ))
+				obj_free(f, i);
+		}
+		rc = rsrc_charge(f, svc_id, t);
+	}
+	if (rc)
+		return rc;
+	return obj_add(f, lh->idx, kind, ref, flags);
+}
+
+/* Handles: what the caller holds, one per allocation. */
+struct sim_obj_handle {
+	union {
+		struct cxi_md md;
+		struct cxi_eq eq;
+		struct cxil_pte pte;
+		struct cxi_cq cq;
+		struct cxi_ct ct;
+	} pub;			/* first: the caller sees libcxi's struct */
+	struct sim_lni_handle *lni;
+	int32_t idx;
+	uint8_t kind;
+	uint64_t serial;
+};
+
+#define OBJ_HANDLE(p) ((struct sim_obj_handle *)(void *)(p))
+
+/* Lock the device of a live LNI handle. */
+static int obj_begin(struct sim_lni_handle *lh, struct sim_file **fp)
+{
+	if (!lh->dev)
+		return -EINVAL;	/* its device handle was closed */
+	struct sim_file *f = lh->dev->sd->f;
+	int rc = sim_lock(f);
+	if (rc)
+		return rc;
+	rc = lni_check(f, lh);
+	if (rc) {
+		pthread_mutex_unlock(&f->lock);
+		return rc;
+	}
+	*fp = f;
+	return 0;
+}
+
+/*
+ * Out of room: LNIs of dead processes may still hold objects (the kernel would
+ * have freed them when their fd closed).  Undo this call's writes, release
+ * those LNIs, and say whether trying again can help.
+ */
+static int reap_retry(struct sim_file *f, struct sim_lni_handle *lh)
+{
+	uint32_t before = f->st.reaped_lnis;
+
+	jrollback(f);
+	reap_dead(lh->dev->sd, 0);
+	return f->st.reaped_lnis != before;
+}
+
+/* The state record behind a handle of the same device, or -1 (the
+ * ucxi layer's -EINVAL for a handle that is not the client's). */
+static int obj_of(struct sim_file *f, struct sim_lni_handle *lh,
+		  const struct sim_obj_handle *h, int kind)
+{
+	if (!h || h->kind != kind || !h->lni || h->lni->dev != lh->dev)
+		return -1;
+	struct sim_obj *o = &f->st.rsrc.obj[h->idx];
+	if (!o->used || o->parked || o->serial != h->serial)
+		return -1;
+	return h->idx;
+}
+
+static struct sim_obj_handle *handle_new(struct sim_file *f,
+					 struct sim_lni_handle *lh, int idx,
+					 int kind)
+{
+	struct sim_obj_handle *h = calloc(1, sizeof(*h));
+
+	if (!h)
+		return NULL;
+	h->lni = lh;
+	h->idx = idx;
+	h->kind = (uint8_t)kind;
+	h->serial = f->st.rsrc.obj[idx].serial;
+	lh->nchild++;
+	return h;
+}
+
+/* Destroy an object (kind) through its handle: -EBUSY while another object
+ * refers to it; park (or free) its record; free the handle. */
+static int obj_destroy(struct sim_obj_handle *h, int kind)
+{
+	if (!h || h->kind != kind)
+		return -EINVAL;
+	struct sim_lni_handle *lh = h->lni;
+	if (!lh->dev) {		/* device closed: the object went with the LNI */
+		lh->nchild--;
+		free(h);
+		return 0;
+	}
+	struct sim_file *f = lh->dev->sd->f;
+	int rc = sim_lock(f);
+	if (rc)
+		return rc;
+	struct sim_obj *o = &f->st.rsrc.obj[h->idx];
+	if (o->used && !o->parked && o->serial == h->serial) {
+		if (o->refs) {
+			pthread_mutex_unlock(&f->lock);
+			return -EBUSY;
+		}
+		if (kind == OBJ_MD) {
+			obj_free(f, (uint32_t)h->idx);
+		} else {
+			J(f, o);
+			obj_unref(f, o);
+			o->parked = 1;
+		}
+	}
+	lh->nchild--;
+	free(h);
+	return sim_unlock(f, 0);
+}
+
+/* The LCID for a new CP (cass_cp_rgid_find + cass_lcid_get), per LNI. */
+static int cp_lcid(struct sim_file *f, struct sim_lni_handle *lh, unsigned int vni,
+		   unsigned int tc, unsigned int tc_type, int cp_type)
+{
+	struct sim_state *st = &f->st;
+	int share0 = cp_type != NON_TRIG_LCID;
+	uint32_t used = 0;
+
+	for (uint32_t i = 0; i < st->child_hw; i++) {
+		struct sim_child *c = &st->child[i];
+		if (!c->used || c->kind != CHILD_CP || c->lni != lh->idx)
+			continue;
+		/* the same {VNI, TC, type}: the driver hands out that CP again */
+		if (c->vni == (uint16_t)vni && c->tc == tc && c->tc_type == tc_type &&
+		    (share0 ? c->lcid == 0 : c->lcid != 0))
+			return c->lcid;
+		used |= 1u << c->lcid;
+	}
+	int lo = cp_type == NON_TRIG_LCID ? 1 : 0;
+	int hi = cp_type == TRIG_LCID ? 1 : NUM_LCIDS;
+	for (int l = lo; l < hi; l++)
+		if (!(used & (1u << l)))
+			return l;
+	return -ENOSPC;
+}
+
+int cxil_alloc_cp(struct cxil_lni *lni, unsigned int vni,
+		  enum cxi_traffic_class tc, enum cxi_traffic_class_type tc_type,
+		  struct cxi_cp **cp)
+{
+	return cxil_alloc_trig_cp(lni, vni, tc, tc_type, ANY_LCID, cp);
+}
+
+int cxil_map(struct cxil_lni *lni, void *va, size_t len, uint32_t flags,
+	     struct cxi_md_hints *hints, struct cxi_md **md)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct sim_file *f;
+
+	if (!lni || !md)
+		return -EINVAL;
+	if (!len)
+		return -EINVAL;
+	if ((flags & CXI_MAP_PIN) && (flags & (CXI_MAP_FAULT | CXI_MAP_PREFETCH)))
+		return -EINVAL;
+	(void)hints;	/* page sizes: one AC shape here (4 KiB / 2 MiB) */
+	int rc = obj_begin(lh, &f);
+	if (rc)
+		return rc;
+again:
+	rc = 0;
+	struct sim_rsrc *r = &f->st.rsrc;
+	uint32_t key = flags & ~(uint32_t)ATU_FLAGS_IGNORED;
+	int ac = -1;
+	uint32_t lacs = 0;
+	for (uint32_t i = 0; i < r->obj_hw; i++) {
+		struct sim_obj *o = &r->obj[i];
+		if (!o->used || o->kind != OBJ_AC || o->lni != lh->idx)
+			continue;
+		lacs |= 1u << o->lac;
+		if (o->flags == key)
+			ac = (int)i;
+	}
+	if (ac < 0) {
+		/* cass_ac_alloc: charge, then a LAC of the LNI's RGID */
+		rc = rsrc_charge(f, f->st.lni[lh->idx].svc_id, CXI_RSRC_TYPE_AC);
+		if (rc)
+			goto out;
+		int lac;
+		for (lac = 0; lac < NUM_LACS && (lacs & (1u << lac)); lac++)
+			;
+		if (lac == NUM_LACS) {
+			rc = -ENOSPC;
+			goto out;
+		}
+		ac = obj_add(f, lh->idx, OBJ_AC, -1, key);
+		if (ac < 0) {
+			rc = ac;
+			goto out;
+		}
+		r->obj[ac].lac = (uint8_t)lac;
+	}
+	int i = obj_add(f, lh->idx, OBJ_MD, ac, flags);
+	if (i < 0) {
+		rc = i;
+		goto out;
+	}
+	r->obj[i].lac = r->obj[ac].lac;
+	struct sim_obj_handle *h = handle_new(f, lh, i, OBJ_MD);
+	if (!h) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	uint64_t start = (uint64_t)(uintptr_t)va & ~(uint64_t)(PAGE_SZ - 1);
+	uint64_t end = ((uint64_t)(uintptr_t)va + len + PAGE_SZ - 1) &
+		       ~(uint64_t)(PAGE_SZ - 1);
+	h->pub.md.va = start;
+	h->pub.md.len = end - start;
+	h->pub.md.iova = ((uint64_t)(i + 1) << 32) | (start & 0xFFFFFFFFu);
+	h->pub.md.lac = r->obj[ac].lac;
+	h->pub.md.page_shift = 12;
+	h->pub.md.huge_shift = 21;
+	h->pub.md.id = (unsigned)i + 1;
+	*md = &h->pub.md;
+out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
+	return sim_unlock(f, rc);
+}
+
+int cxil_unmap(struct cxi_md *md)
+{
+	if (!md)
+		return -EINVAL;
+	return obj_destroy(OBJ_HANDLE(md), OBJ_MD);
+}
+
+int cxil_alloc_evtq(struct cxil_lni *lni, const struct cxi_md *md,
+		    const struct cxi_eq_attr *attr, struct cxil_wait_obj *event_wait,
+		    struct cxil_wait_obj *status_wait, struct cxi_eq **evtq)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	int passthrough;
+	struct sim_file *f;
+
+	/* libcxi */
+	if (!lni || !attr || !evtq)
+		return -EINVAL;
+	passthrough = !!(attr->flags & CXI_EQ_PASSTHROUGH);
+	if ((!passthrough && !md) || !attr->queue)
+		return -EINVAL;
+	(void)event_wait;
+	(void)status_wait;
+	/* cxi_eq_alloc */
+	if (!attr->queue_len || attr->queue_len > (1ull << 32))
+		return -EINVAL;
+	if (attr->status_thresh_count &&
+	    (attr->status_thresh_count > 4 || attr->status_thresh_base > 100 ||
+	     attr->status_thresh_delta > 100 ||
+	     ((attr->status_thresh_count - 1) * attr->status_thresh_delta +
+	      (100 - attr->status_thresh_base)) > 100))
+		return -EINVAL;
+	if (((uintptr_t)attr->queue | attr->queue_len) & (PAGE_SZ - 1))
+		return -EINVAL;
+	if (!passthrough &&
+	    ((uint64_t)(uintptr_t)attr->queue < md->va ||
+	     (uint64_t)(uintptr_t)attr->queue + attr->queue_len > md->va + md->len))
+		return -EINVAL;
+	if ((attr->flags & CXI_EQ_REGISTER_PCT) && !has_cap(CAP_BIT_SYS_ADMIN))
+		return -EPERM;
+	int rc = obj_begin(lh, &f);
+	if (rc)
+		return rc;
+again:
+	rc = 0;
+	int mdi = -1;
+	if (!passthrough) {
+		mdi = obj_of(f, lh, OBJ_HANDLE(md), OBJ_MD);
+		if (mdi < 0) {
+			rc = -EINVAL;
+			goto out;
+		}
+	}
+	int i = obj_new(f, lh, OBJ_EQ, mdi, (uint32_t)attr->flags);
+	if (i < 0) {
+		rc = i;
+		goto out;
+	}
+	struct sim_obj_handle *h = handle_new(f, lh, i, OBJ_EQ);
+	if (!h) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	h->pub.eq.byte_size = (unsigned int)attr->queue_len;
+	h->pub.eq.eqn = (unsigned)i + 1;
+	*evtq = &h->pub.eq;
+out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
+	return sim_unlock(f, rc);
+}
+
+int cxil_destroy_evtq(struct cxi_eq *evtq)
+{
+	if (!evtq)
+		return -EINVAL;
+	return obj_destroy(OBJ_HANDLE(evtq), OBJ_EQ);
+}
+
+/* An EQ argument: NULL, or a live EQ of this client; else -EINVAL. */
+static int eq_arg(struct sim_file *f, struct sim_lni_handle *lh, struct cxi_eq *evtq)
+{
+	if (!evtq)
+		return -1;
+	int i = obj_of(f, lh, OBJ_HANDLE(evtq), OBJ_EQ);
+	return i < 0 ? -EINVAL : i;
+}
+
+int cxil_alloc_pte(struct cxil_lni *lni, struct cxi_eq *evtq,
+		   struct cxi_pt_alloc_opts *opts, struct cxil_pte **pte)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct sim_file *f;
+
+	if (!lni || !opts || !pte)
+		return -EINVAL;
+	int rc = obj_begin(lh, &f);
+	if (rc)
+		return rc;
+again:
+	rc = 0;
+	int eq = eq_arg(f, lh, evtq);
+	if (eq < -1) {
+		rc = eq;
+		goto out;
+	}
+	if (opts->ethernet && !has_cap(CAP_BIT_NET_RAW)) {
+		rc = -EPERM;
+		goto out;
+	}
+	int i = obj_new(f, lh, OBJ_PTE, eq, 0);
+	if (i < 0) {
+		rc = i;
+		goto out;
+	}
+	struct sim_obj_handle *h = handle_new(f, lh, i, OBJ_PTE);
+	if (!h) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	h->pub.pte.ptn = (unsigned)i + 1;
+	*pte = &h->pub.pte;
+out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
+	return sim_unlock(f, rc);
+}
+
+int cxil_destroy_pte(struct cxil_pte *pte)
+{
+	if (!pte)
+		return -EINVAL;
+	return obj_destroy(OBJ_HANDLE(pte), OBJ_PTE);
+}
+
+int cxil_alloc_cmdq(struct cxil_lni *lni, struct cxi_eq *evtq,
+		    const struct cxi_cq_alloc_opts *opts, struct cxi_cq **cmdq)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct sim_file *f;
+
+	if (!lni || !cmdq || !opts)
+		return -EINVAL;
+	int tx = !!(opts->flags & CXI_CQ_IS_TX);
+	/* cxi_cq_alloc, in the driver's order */
+	if ((unsigned)opts->policy > CXI_CQ_UPDATE_LOW_FREQ)
+		return -EINVAL;
+	if (!tx && opts->lpe_cdt_thresh_id > 3)
+		return -EINVAL;
+	/* count -> whole pages of 64-byte commands, a power-of-two of them */
+	uint64_t count = opts->count > MIN_CQ_COUNT ? opts->count : MIN_CQ_COUNT;
+	uint64_t pages = (count * 64 + PAGE_SZ - 1) / PAGE_SZ, p2 = 1;
+	while (p2 < pages)
+		p2 <<= 1;
+	count = p2 * PAGE_SZ / 64;
+	if (count > CXI_MAX_CQ_COUNT)
+		return -E2BIG;
+	int rc = obj_begin(lh, &f);
+	if (rc)
+		return rc;
+again:
+	rc = 0;
+	int eq = eq_arg(f, lh, evtq);	/* ucxi looks the EQ up first */
+	if (eq < -1) {
+		rc = eq;
+		goto out;
+	}
+	if (tx) {
+		if ((opts->flags & CXI_CQ_TX_WITH_TRIG_CMDS) && opts->lcid != 0) {
+			rc = -EINVAL;
+			goto out;
+		}
+		/* cass_cp_find: a CP of the LNI's RGID holds the LCID */
+		struct sim_state *st = &f->st;
+		int found = 0;
+		for (uint32_t i = 0; i < st->child_hw && !found; i++) {
+			struct sim_child *c = &st->child[i];
+			found = c->used && c->kind == CHILD_CP && c->lni == lh->idx &&
+				c->lcid == opts->lcid;
+		}
+		if (!found) {
+			rc = -EINVAL;
+			goto out;
+		}
+	}
+	if ((opts->flags & CXI_CQ_TX_ETHERNET) && !has_cap(CAP_BIT_NET_RAW)) {
+		rc = -EPERM;
+		goto out;
+	}
+	int kind = tx ? OBJ_TXQ : OBJ_TGQ;
+	int i = obj_new(f, lh, kind, eq, opts->flags);
+	if (i < 0) {
+		rc = i;
+		goto out;
+	}
+	struct sim_obj_handle *h = handle_new(f, lh, i, kind);
+	if (!h) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	h->pub.cq.size = (unsigned)count;
+	h->pub.cq.idx = (unsigned)i;
+	*cmdq = &h->pub.cq;
+out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
+	return sim_unlock(f, rc);
+}
+
+int cxil_destroy_cmdq(struct cxi_cq *cmdq)
+{
+	if (!cmdq)
+		return -EINVAL;
+	struct sim_obj_handle *h = OBJ_HANDLE(cmdq);
+	return obj_destroy(h, h->kind == OBJ_TXQ ? OBJ_TXQ : OBJ_TGQ);
+}
+
+int cxil_alloc_ct(struct cxil_lni *lni, struct c_ct_writeback *wb,
+		  struct cxi_ct **ct)
+{
+	struct sim_lni_handle *lh = (struct sim_lni_handle *)lni;
+	struct sim_file *f;
+
+	if (!lni || !ct)
+		return -EINVAL;
+	if ((uintptr_t)wb & 7)
+		return -EINVAL;
+	int rc = obj_begin(lh, &f);
+	if (rc)
+		return rc;
+again:
+	rc = 0;
+	int i = obj_new(f, lh, OBJ_CT, -1, 0);
+	if (i < 0) {
+		rc = i;
+		goto out;
+	}
+	struct sim_obj_handle *h = handle_new(f, lh, i, OBJ_CT);
+	if (!h) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	h->pub.ct.ctn = (unsigned)i + 1;
+	h->pub.ct.wb = wb;
+	*ct = &h->pub.ct;
+out:
+	if (rc == -ENOSPC && reap_retry(f, lh))
+		goto again;
+	return sim_unlock(f, rc);
+}
+
+int cxil_destroy_ct(struct cxi_ct *ct)
+{
+	if (!ct)
+		return -EINVAL;
+	return obj_destroy(OBJ_HANDLE(ct), OBJ_CT);
+}
+
+#define OCHECK(cond, ...) do { if (!(cond)) { \
+	snprintf(msg, len, __VA_ARGS__); rc = -EUCLEAN; goto out; } } while (0)
+
+/* Invariants of the accounting; caller holds the lock. */
+static int objs_check(struct sim_file *f, char *msg, size_t len)
+{
+	struct sim_state *st = &f->st;
+	struct sim_rsrc *r = &st->rsrc;
+	static __thread uint16_t use[MAX_SVC][CXI_RSRC_TYPE_MAX];
+	static __thread uint32_t refs[MAX_OBJ];
+	uint32_t hw[CXI_RSRC_TYPE_MAX] = { 0 }, shared[CXI_RSRC_TYPE_MAX] = { 0 };
+	int rc = 0;
+
+	memset(use, 0, sizeof(use));
+	memset(refs, 0, sizeof(refs));
+	for (uint32_t i = 0; i < r->obj_hw; i++) {
+		struct sim_obj *o = &r->obj[i];
+		if (!o->used)
+			continue;
+		OCHECK(o->lni >= 0 && o->lni < MAX_LNI && st->lni[o->lni].used,
+		      "object %u: no LNI", i);
+		OCHECK(o->ref < 0 || (r->obj[o->ref].used && r->obj[o->ref].lni == o->lni),
+		      "object %u: dangling reference", i);
+		OCHECK(!o->parked || (o->ref < 0 && !o->refs), "object %u: parked with references", i);
+		OCHECK(o->kind != OBJ_MD || (o->ref >= 0 && r->obj[o->ref].kind == OBJ_AC),
+		      "MD %u: no AC", i);
+		if (o->ref >= 0)
+			refs[o->ref]++;
+		int t = obj_rsrc_type(o->kind);
+		if (t >= 0)
+			use[st->lni[o->lni].svc_id - 1][t]++;
+		if (o->kind == OBJ_AC)
+			for (uint32_t k = i + 1; k < r->obj_hw; k++)
+				OCHECK(!r->obj[k].used || r->obj[k].kind != OBJ_AC ||
+				      r->obj[k].lni != o->lni ||
+				      (r->obj[k].lac != o->lac && r->obj[k].flags != o->flags),
+				      "ACs %u and %u: same LAC or flags", i, k);
+	}
+	for (uint32_t i = 0; i < r->obj_hw; i++)
+		OCHECK(!r->obj[i].used || r->obj[i].refs == refs[i],
+		      "object %u: refs %u != %u", i, r->obj[i].refs, refs[i]);
+	for (uint32_t s = 0; s < MAX_SVC; s++) {
+		for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++) {
+			OCHECK(r->in_use[s][t] == use[s][t], "svc %u: in_use[%d] %u != %u",
+			      s + 1, t, r->in_use[s][t], use[s][t]);
+			if (!use[s][t])
+				continue;
+			const struct cxi_limits *lim = &st->svc[s].desc.limits.type[t];
+			OCHECK(st->svc[s].used && use[s][t] <= lim->max,
+			      "svc %u: in_use[%d] %u over max", s + 1, t, use[s][t]);
+			hw[t] += use[s][t];
+			if (use[s][t] > lim->res)
+				shared[t] += use[s][t] - lim->res;
+		}
+	}
+	for (int t = 0; t < CXI_RSRC_TYPE_MAX; t++) {
+		OCHECK(hw[t] == r->hw_in_use[t] && hw[t] <= hw_ids[t],
+		      "hw_in_use[%d] %u != %u", t, r->hw_in_use[t], hw[t]);
+		OCHECK(shared[t] == r->shared_use[t] && shared[t] <= dev_totals[t],
+		      "shared_use[%d] %u != %u", t, r->shared_use[t], shared[t]);
+	}
+out:
 	return rc;
 }
 
@@ -2438,6 +3254,7 @@ int pycxi_sim_check(unsigned int dev_id, char *msg, size_t len)
 	CHECK(le == st->le_pools, "LE pool bitmap");
 	CHECK(rmu == st->rmu_used, "RMU count %u != %u", st->rmu_used, rmu);
 	CHECK(rgids == st->rgids_used, "RGID count %u != %u", st->rgids_used, rgids);
+	rc = objs_check(f, msg, len);
 out:
 	pthread_mutex_unlock(&f->lock);
 	return rc;

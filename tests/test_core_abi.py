@@ -39,6 +39,28 @@ EXPECTED = {
     "CXI_TC_MAX": 5,
     "CXI_SVC_MAX_MEMBERS": 2,
     "CXI_SVC_MAX_VNIS": 4,
+    # the objects on an LNI (values from compiling upstream's 13.1 uapi header)
+    "sizeof(struct cxi_md)": 40,
+    "offsetof(struct cxi_md, lac)": 24,
+    "offsetof(struct cxi_md, id)": 36,
+    "sizeof(struct cxi_md_hints)": 40,
+    "offsetof(struct cxi_md_hints, dmabuf_valid)": 32,
+    "sizeof(struct cxi_eq_attr)": 48,
+    "offsetof(struct cxi_eq_attr, flags)": 16,
+    "offsetof(struct cxi_eq_attr, reserved_slots)": 44,
+    "sizeof(struct cxi_cq_alloc_opts)": 24,
+    "offsetof(struct cxi_cq_alloc_opts, flags)": 12,
+    "offsetof(struct cxi_cq_alloc_opts, lpe_cdt_thresh_id)": 20,
+    "sizeof(struct cxi_pt_alloc_opts)": 8,
+    "CXI_MAP_PREFETCH": 4096,
+    "CXI_MAP_ALLOC_MD": 2048,
+    "CXI_CQ_IS_TX": 2,
+    "CXI_CQ_TX_WITH_TRIG_CMDS": 8,
+    "CXI_EQ_PASSTHROUGH": 2,
+    "CXI_EQ_REGISTER_PCT": 128,
+    "CXI_MAX_CQ_COUNT": 65536,
+    "CXI_CQ_UPDATE_LOW_FREQ": 3,
+    "ANY_LCID": 2,
 }
 
 

@@ -39,6 +39,13 @@ def main() -> None:
         with dev.alloc_lni(s) as lni:
             dom: pycxi.Domain = lni.alloc_domain(7)
             dom.close()
+            cp = lni.alloc_trig_cp(7, "BEST_EFFORT", 0, 1)
+            md: pycxi.Md = lni.map(bytearray(4096))
+            eq: pycxi.Eq = lni.alloc_evtq(md)
+            objs = [lni.alloc_pte(eq), lni.alloc_cmdq(eq, transmit=True, lcid=cp.lcid or 0),
+                    lni.alloc_ct(), eq, md]
+            for o in objs:
+                o.close()
         try:
             make(dev, pycxi.netns_inode())
         except CxiLibError as e:

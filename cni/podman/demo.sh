@@ -51,7 +51,12 @@ events_logger = "file"
 runtime = "runc"
 CONF
 
-# 4. two networks (two tenants), bridge then cxi with a static VNI each
+# 4. the node's policy: which static VNIs a network may name (the default, /etc/pycxi/cni-policy.json,
+#    grants none); then two networks (two tenants), bridge then cxi with a static VNI each
+cat > "$SCRATCH/cni-policy.json" <<POLICY
+{"staticVnis": [[$VNI_A, $VNI_A], [$VNI_B, $VNI_B]], "logDir": "$SCRATCH"}
+POLICY
+export PYCXI_CNI_POLICY=$SCRATCH/cni-policy.json
 for n in a b; do
     vni=$([ $n = a ] && echo $VNI_A || echo $VNI_B)
     sub=$([ $n = a ] && echo 71 || echo 72)
@@ -63,7 +68,7 @@ for n in a b; do
 NET
 done
 
-# 5. the software device (skip on a real NIC)
+# 5. the software device (skip on a real NIC); the plugin uses it only with PYCXI_SIM_ROOT set
 if [ "$("$PYTHON" -c 'import pycxi; print(pycxi.BACKEND)')" = sim ]; then
     export PYCXI_SIM_ROOT=$SCRATCH/sim
     "${PYCXI[@]}" sim reset --devices 1

@@ -104,6 +104,41 @@ struct cxil_svc_rsrc_list {
 
 #define C_PID_ANY 0x1FF
 
+struct cxil_pte {
+	unsigned int ptn;
+};
+
+/*
+ * Upstream takes these three from the Cassini headers (cxi_prov_hw.h), where
+ * they also carry mapped doorbells and queue pointers.  The software device
+ * moves no data: only the fields naming the object are kept, under their
+ * upstream names.
+ */
+struct cxi_eq {
+	unsigned int byte_size;
+	unsigned int eqn;
+	void *context;
+};
+
+struct cxi_cq {
+	unsigned int size;
+	unsigned int idx;	/* TXQs 0..1023, TGQs 1024..1535 */
+};
+
+struct c_ct_writeback {
+	uint64_t ct_success   : 48;
+	uint8_t ct_failure    :  7;
+	uint16_t unused       :  8;
+	uint8_t ct_writeback  :  1;
+};
+
+struct cxi_ct {
+	unsigned int ctn;
+	struct c_ct_writeback *wb;
+};
+
+struct cxil_wait_obj;
+
 CXIL_API int cxil_get_device_list(struct cxil_device_list **dev_list);
 CXIL_API void cxil_free_device_list(struct cxil_device_list *dev_list);
 CXIL_API int cxil_open_device(uint32_t dev_id, struct cxil_dev **dev);
@@ -154,7 +189,34 @@ CXIL_API int cxil_alloc_cp(struct cxil_lni *lni, unsigned int vni,
 			   enum cxi_traffic_class tc,
 			   enum cxi_traffic_class_type tc_type,
 			   struct cxi_cp **cp);
+CXIL_API int cxil_alloc_trig_cp(struct cxil_lni *lni, unsigned int vni,
+				enum cxi_traffic_class tc,
+				enum cxi_traffic_class_type tc_type,
+				enum cxi_trig_cp cp_type,
+				struct cxi_cp **cp);
 CXIL_API int cxil_destroy_cp(struct cxi_cp *cp);
+
+CXIL_API int cxil_map(struct cxil_lni *lni, void *va, size_t len,
+		      uint32_t flags, struct cxi_md_hints *hints,
+		      struct cxi_md **md);
+CXIL_API int cxil_unmap(struct cxi_md *md);
+CXIL_API int cxil_alloc_evtq(struct cxil_lni *lni, const struct cxi_md *md,
+			     const struct cxi_eq_attr *attr,
+			     struct cxil_wait_obj *event_wait,
+			     struct cxil_wait_obj *status_wait,
+			     struct cxi_eq **evtq);
+CXIL_API int cxil_destroy_evtq(struct cxi_eq *evtq);
+CXIL_API int cxil_alloc_pte(struct cxil_lni *lni, struct cxi_eq *evtq,
+			    struct cxi_pt_alloc_opts *opts,
+			    struct cxil_pte **pte);
+CXIL_API int cxil_destroy_pte(struct cxil_pte *pte);
+CXIL_API int cxil_alloc_cmdq(struct cxil_lni *lni, struct cxi_eq *evtq,
+			     const struct cxi_cq_alloc_opts *opts,
+			     struct cxi_cq **cmdq);
+CXIL_API int cxil_destroy_cmdq(struct cxi_cq *cmdq);
+CXIL_API int cxil_alloc_ct(struct cxil_lni *lni, struct c_ct_writeback *wb,
+			   struct cxi_ct **ct);
+CXIL_API int cxil_destroy_ct(struct cxi_ct *ct);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@ Layout (each module imports only the standard library and pycxi):
 * :mod:`pycxi.cni.config`   stdin bytes -> :class:`NetConf` (pure)
 * :mod:`pycxi.cni.state`    per-attachment records, atomic writes under a flock
 * :mod:`pycxi.cni.vni`      VNI sources in their precedence (static, local, Kubernetes)
+* :mod:`pycxi.cni.policy`   the node policy: what a network configuration may ask for
 * :mod:`pycxi.cni.nic`      the few device operations the plugin needs, over pycxi
 * :mod:`pycxi.cni.commands` ADD, DEL, CHECK, GC, STATUS
 * :mod:`pycxi.cni.plugin`   ``main()``, the ``cxi`` executable

@@ -232,6 +232,9 @@ def cmd_add(conf, env, log):
     if conf.prev_result is None:
         raise CniError(ERR_INVALID_CONFIG, "cxi must be called as a chained plugin",
                        "prevResult is missing: put an interface plugin (bridge, flannel, ...) first")
+    # cni-config: what the network config may ask for is the node's call (pycxi.cni.policy)
+    from pycxi.cni import policy
+    policy.apply(conf)
     inode = netns_inode(netns)
     store = st.StateStore(conf.data_dir, conf.name)
 
@@ -286,9 +289,9 @@ def cmd_add(conf, env, log):
                 last = rec["services"][-1]
                 for entry in rec["services"]:
                     dev = devs.get(entry["device"])
-                    sid = dev.alloc_netns_svc(inode, vnis=list(choice.vnis), tcs=conf.tcs,
-                                              limits=nic.clamp_limits(dev, conf.limits),
-                                              method=conf.netns_method)
+                    sid = nic.alloc_svc(dev, inode, vnis=list(choice.vnis), tcs=conf.tcs,
+                                        limits=nic.clamp_limits(dev, conf.limits),
+                                        method=conf.netns_method)
                     entry["svc"] = int(sid)
                     entry["state"] = "enabled"
                     if entry is last:
@@ -348,6 +351,7 @@ def cmd_check(conf, env, log):
     rec = store.load(cid, ifname)
     if rec is None or "corrupt" in rec:
         raise CniError(ERR_UNKNOWN_CONTAINER, f"no cxi record for {cid}/{ifname}")
+    nic.require_real_or_chosen()     # cni-config: CHECK, like ADD, only on a chosen device
     adopt_sim_root(rec)
     inode = netns_inode(netns)
     problems = []
@@ -394,6 +398,7 @@ def cmd_check(conf, env, log):
 def cmd_gc(conf, env, log):
     store = st.StateStore(conf.data_dir, conf.name)
     if not os.path.isdir(store.dir):
+        vnisrc.gc_holders(conf, log)     # cni-config: e.g. records lost with /run, DB kept
         return None
     valid = conf.valid_attachments or set()
     errors = []
@@ -427,6 +432,10 @@ def cmd_gc(conf, env, log):
                         errors.append(f"{key[0]}/{key[1]}: service still busy (disabled)")
                 except Exception as exc:
                     errors.append(f"{key[0]}/{key[1]}: {from_exception(exc)}")
+            try:       # cni-config: local-allocator holders the runtime no longer knows
+                vnisrc.gc_holders(conf, log)
+            except Exception as exc:
+                errors.append(f"local VNI holders: {from_exception(exc)}")
     finally:
         devs.close()
     if errors:
@@ -439,6 +448,8 @@ def cmd_status(conf, env, log):
         from pycxi.cni import nic
         names = nic.select_devices(conf.devices)
     except CniError as exc:
+        if exc.code == ERR_NOT_AVAILABLE:    # already says why (e.g. the software device)
+            raise
         raise CniError(ERR_NOT_AVAILABLE, "CXI devices not available", str(exc)) from None
     except Exception as exc:
         raise CniError(ERR_NOT_AVAILABLE, "CXI devices not available",

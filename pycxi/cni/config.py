@@ -5,7 +5,13 @@ Merge order (tuning's ``parseConf``): the plugin's static configuration, then th
 identity, ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``; never a VNI).  ``args`` is accepted and
 ignored: with Multus it can carry values the pod's author wrote, so no VNI is taken from it.
 
-Unknown keys and invalid values are rejected with code 7, naming the key.
+Invalid values are rejected with code 7, naming the key.  Unknown keys are ignored with a
+warning in the log (``NetConf.warnings``), as the Go plugins' JSON decoding ignores them: a
+config written for a newer plugin must not block every sandbox on the node.
+
+What grants a VNI is not decided here: ``vnis``, the local allocator's database, ranges and
+quarantine and the Kubernetes kubeconfig are checked against the node's own policy file
+(:mod:`pycxi.cni.policy`), because under Multus a tenant writes this configuration.
 """
 from pycxi.cni.errors import (CniError, ERR_DECODE, ERR_INCOMPATIBLE_VERSION,
                               ERR_INVALID_CONFIG)
@@ -70,7 +76,7 @@ class NetConf:
     __slots__ = ("cni_version", "name", "type", "prev_result", "runtime_config", "devices",
                  "vnis", "tcs", "limits", "data_dir", "local_allocator", "kubernetes",
                  "log_file", "log_level", "timeout", "destroy_retries", "destroy_retry_delay",
-                 "netns_method", "valid_attachments", "raw")
+                 "netns_method", "valid_attachments", "warnings", "command", "raw")
 
     def __init__(self, **kw):
         for k in self.__slots__:
@@ -138,15 +144,16 @@ def _parse_vnis(key, v):
     return list(v)
 
 
-def _parse_limits(v):
+def _parse_limits(v, warnings):
     if v is None:
         return None     # resource_limits=0: each service takes a TLE pool (3 per NIC!)
     if not isinstance(v, dict):
         raise _bad("limits", f"an object of resource -> {{max, res}} or null is required, got {v!r}")
     out = dict(DEFAULT_LIMITS)
+    _unknown("limits", [k for k in v if k not in RSRC_NAMES], RSRC_NAMES, warnings)
     for name, lim in v.items():
         if name not in RSRC_NAMES:
-            raise _bad("limits", f"unknown resource {name!r} (known: {', '.join(RSRC_NAMES)})")
+            continue
         if isinstance(lim, list) and len(lim) == 2:
             mx, res = lim
         elif isinstance(lim, dict) and set(lim) <= {"max", "res"} and "max" in lim:
@@ -159,31 +166,49 @@ def _parse_limits(v):
     return out
 
 
-def _object(key, v, allowed):
-    """A nested config object: a dict with only ``allowed`` keys (code 7 naming the rest)."""
+def _unknown(where, keys, known, warnings):
+    if keys:
+        warnings.append(f"ignoring unknown configuration key(s) {', '.join(map(repr, sorted(keys)))}"
+                        f"{' in ' + where if where else ''} (known: {', '.join(sorted(known))})")
+
+
+def _object(key, v, allowed, warnings):
+    """A nested config object: a dict; keys other than ``allowed`` are ignored with a warning."""
     if not isinstance(v, dict):
         raise _bad(key, f"an object is required, got {v!r}")
-    unknown = sorted(set(v) - allowed)
-    if unknown:
-        raise CniError(ERR_INVALID_CONFIG, f"unknown key(s) in {key}: {', '.join(map(repr, unknown))}")
+    _unknown(key, [k for k in v if k not in allowed], allowed, warnings)
 
 
-def _parse_local(v):
-    _object("localAllocator", v, _LOCAL_KEYS)
-    path = v.get("path")
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        raise _bad("localAllocator.path", f"an absolute path is required, got {path!r}")
-    ranges = v.get("ranges", [[1024, 65535]])
+def parse_ranges(key, ranges):
+    """``[[lo, hi], ...]`` -> ``[(lo, hi), ...]`` (code 7 naming ``key``)."""
     if not isinstance(ranges, list) or not ranges:
-        raise _bad("localAllocator.ranges", f"a list of [lo, hi] is required, got {ranges!r}")
+        raise _bad(key, f"a non-empty list of [lo, hi] is required, got {ranges!r}")
     rr = []
     for r in ranges:
         if not (isinstance(r, list) and len(r) == 2 and _int(r[0]) and _int(r[1])
                 and 1 <= r[0] <= r[1] <= MAX_VNI):
-            raise _bad("localAllocator.ranges", f"[lo, hi] with 1 <= lo <= hi <= {MAX_VNI} required, got {r!r}")
+            raise _bad(key, f"[lo, hi] with 1 <= lo <= hi <= {MAX_VNI} required, got {r!r}")
         rr.append((r[0], r[1]))
-    q = v.get("quarantine", 60)
-    if not _number(q) or q < 0:
+    return rr
+
+
+def abs_path(key, path):
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise _bad(key, f"an absolute path is required, got {path!r}")
+    return path
+
+
+def _parse_local(v, warnings):
+    """``path``, ``ranges`` and ``quarantine`` may be omitted (None): the node's policy file
+    sets them, and :func:`pycxi.cni.policy.apply` refuses values that differ from it."""
+    _object("localAllocator", v, _LOCAL_KEYS, warnings)
+    path = v.get("path")
+    if path is not None:
+        abs_path("localAllocator.path", path)
+    ranges = v.get("ranges")
+    rr = None if ranges is None else parse_ranges("localAllocator.ranges", ranges)
+    q = v.get("quarantine")
+    if q is not None and (not _number(q) or q < 0):
         raise _bad("localAllocator.quarantine", f"seconds >= 0 required, got {q!r}")
     key = v.get("key")
     if key is not None and (not isinstance(key, str) or not key or len(key) > 253):
@@ -191,8 +216,8 @@ def _parse_local(v):
     return {"path": path, "ranges": rr, "quarantine": q, "key": key}
 
 
-def _parse_k8s(v):
-    _object("kubernetes", v, _K8S_KEYS)
+def _parse_k8s(v, warnings):
+    _object("kubernetes", v, _K8S_KEYS, warnings)
     kc = v.get("kubeconfig")
     if kc is not None and (not isinstance(kc, str) or not kc.startswith("/") or "\0" in kc):
         raise _bad("kubernetes.kubeconfig", f"an absolute path is required, got {kc!r}")
@@ -212,11 +237,9 @@ def parse_conf(stdin, command="ADD"):
     typ = raw.get("type")
     if typ is not None and not isinstance(typ, str):
         raise _bad("type", f"a string is required, got {typ!r}")
-    unknown = sorted(k for k in raw if k not in _RUNTIME_KEYS and k not in _OWN_KEYS
-                     and not (isinstance(k, str) and k.startswith("cni.dev/")))
-    if unknown:
-        raise CniError(ERR_INVALID_CONFIG, f"unknown configuration key(s): {', '.join(map(repr, unknown))}",
-                       f"known keys: {', '.join(sorted(_OWN_KEYS))}")
+    warnings = []
+    _unknown("", [k for k in raw if k not in _RUNTIME_KEYS and k not in _OWN_KEYS
+                  and not k.startswith("cni.dev/")], _OWN_KEYS, warnings)
 
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
@@ -252,14 +275,15 @@ def parse_conf(stdin, command="ADD"):
     else:
         raise _bad("tcs", f"\"all\" or a non-empty list of {', '.join(TC_NAMES)} is required, got {tcs!r}")
 
-    limits = _parse_limits(raw["limits"]) if "limits" in raw else dict(DEFAULT_LIMITS)
+    limits = _parse_limits(raw["limits"], warnings) if "limits" in raw else dict(DEFAULT_LIMITS)
 
     data_dir = raw.get("dataDir", DEFAULT_DATA_DIR)
     if not isinstance(data_dir, str) or not data_dir.startswith("/") or "\0" in data_dir:
         raise _bad("dataDir", f"an absolute path is required, got {data_dir!r}")
 
-    local = _parse_local(raw["localAllocator"]) if raw.get("localAllocator") is not None else None
-    k8s = _parse_k8s(raw["kubernetes"]) if raw.get("kubernetes") is not None else None
+    local = (_parse_local(raw["localAllocator"], warnings)
+             if raw.get("localAllocator") is not None else None)
+    k8s = _parse_k8s(raw["kubernetes"], warnings) if raw.get("kubernetes") is not None else None
 
     log_file = raw.get("logFile")
     if log_file is not None and (not isinstance(log_file, str) or not log_file.startswith("/")
@@ -301,7 +325,7 @@ def parse_conf(stdin, command="ADD"):
                    data_dir=data_dir, local_allocator=local, kubernetes=k8s, log_file=log_file,
                    log_level=log_level, timeout=timeout, destroy_retries=retries,
                    destroy_retry_delay=float(delay), netns_method=method,
-                   valid_attachments=valid, raw=raw)
+                   valid_attachments=valid, warnings=warnings, command=command, raw=raw)
 
 
 def parse_cni_args(s):

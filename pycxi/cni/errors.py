@@ -62,10 +62,8 @@ def from_exception(exc):
     if isinstance(exc, CxiLibError):
         err = exc.errno or 0
         func = getattr(exc, "func", "") or "libcxi"
-        det = f"{func}: {errno_name(err)}: {exc}"
-        fi = getattr(exc, "fail_info", None)
-        if fi is not None:
-            det += f" [{fi}]"
+        # "func: strerror (ENAME)[: detail] [fail info]": each part once
+        det = str(exc) or f"{func}: {errno_name(err)}"
         if err == _e.EINVAL:
             return CniError(ERR_INVALID_CONFIG, "the device rejected the service parameters", det)
         if err in (_e.EBUSY, _e.EAGAIN, _e.ENOSPC):

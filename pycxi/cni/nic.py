@@ -1,17 +1,33 @@
 """The few CXI device operations the plugin needs, over pycxi (the only code that touches a NIC)."""
 import errno
+import os
 import time
 
 import pycxi
 from pycxi.errors import CxiLibError
 
-from pycxi.cni.errors import CniError, ERR_NO_DEVICE
+from pycxi.cni.errors import CniError, ERR_NO_DEVICE, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER
+
+SIM_ENV = "PYCXI_SIM_ROOT"
+
+
+def require_real_or_chosen():
+    """A pycxi built on the software CXI device isolates nothing; on a node with a real NIC it
+    would silently "succeed".  So the plugin uses it only when asked explicitly: ``PYCXI_SIM_ROOT``
+    set in its environment (the demo, tests and recipes do; the library's own default root is
+    never used here).  DEL/GC of a record made on it use the root the record remembers."""
+    if pycxi.BACKEND == "sim" and not os.environ.get(SIM_ENV):
+        raise CniError(ERR_NOT_AVAILABLE, "this pycxi is built on the software CXI device, which "
+                       "isolates nothing; refusing to use it",
+                       f"set {SIM_ENV} in the plugin's environment to use the software device on "
+                       "purpose (tests, demos), or install a pycxi built against libcxi")
 
 # errnos meaning "no such service" (the kernel answers ENOENT for an unknown ID; be lenient)
 GONE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)
 
 
 def device_names():
+    require_real_or_chosen()
     return [d.name for d in pycxi.devices()]
 
 
@@ -28,7 +44,33 @@ def select_devices(wanted):
 
 
 def open_device(name):
+    require_real_or_chosen()
     return pycxi.Device(name)
+
+
+def alloc_svc(dev, inode, vnis, tcs, limits, method):
+    """``Device.alloc_netns_svc``; ENOSPC becomes code 11 naming what ran out, once."""
+    try:
+        return dev.alloc_netns_svc(inode, vnis=vnis, tcs=tcs, limits=limits, method=method)
+    except CxiLibError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise CniError(ERR_TRY_AGAIN_LATER, f"{dev.name}: no room for another CXI service: "
+                       f"{exhausted(exc.fail_info, limits)}", str(exc)) from None
+
+
+def exhausted(fi, limits):
+    """What ran out, from ``cxi_svc_fail_info`` and the limits asked for."""
+    if fi is None:
+        return "resources exhausted (the driver gave no details)"
+    out = [f"no {name} pool left" for name, flag in (
+        ("LE", fi.no_le_pools), ("TLE", fi.no_tle_pools), ("counter", fi.no_cntr_pools)) if flag]
+    avail = getattr(fi, "rsrc_avail", None) or {}
+    for name, (mx, res) in (limits or {}).items():
+        have = avail.get(name)
+        if res and have is not None and res > have:
+            out.append(f"{name}: {res} to reserve, {have} left")
+    return "; ".join(out) or "resources exhausted"
 
 
 def clamp_limits(dev, limits):

@@ -15,8 +15,26 @@ class PluginTimeout(CniError):
 
 
 def _make_log(conf):
-    from pycxi.cni.log import Log
-    log = Log(conf.log_level, conf.log_file)
+    from pycxi.cni.log import Log, check_log_file
+    log_file = conf.log_file
+    if log_file is not None:
+        from pycxi.cni import policy
+        try:
+            policy.check_log_file(log_file)       # where: the node's logDir only
+            why = check_log_file(log_file)      # what: a regular file, not our stdout
+            if why:
+                from pycxi.cni.errors import ERR_INVALID_CONFIG
+                raise CniError(ERR_INVALID_CONFIG, f"invalid value for 'logFile': {log_file!r}", why)
+        except CniError as exc:
+            if conf.command in ("ADD", "CHECK"):
+                raise
+            # DEL/GC/STATUS must not fail over where to log (a refused DEL leaks services,
+            # and a runtime may run DEL with a scrubbed environment): stderr only
+            log_file = None
+            sys.stderr.write(f"cxi: warning: logFile ignored: {exc}\n")
+    log = Log(conf.log_level, log_file)
+    for w in conf.warnings or ():
+        log.warning(w)
     # arm the self-timeout now that the configured value is known: a hung call still answers
     seconds = int(max(1, round(conf.timeout)))
 

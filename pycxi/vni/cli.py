@@ -25,6 +25,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from pycxi.vni.store import (
+    DEFAULT_DB,
     DEFAULT_QUARANTINE,
     DEFAULT_RANGES,
     VniError,
@@ -39,7 +40,6 @@ __all__ = ["DEFAULT_DB", "DB_ENV", "EXIT_EXHAUSTED", "main", "register", "run"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DB = "/var/lib/pycxi/vni.db"
 DB_ENV = "PYCXI_VNI_DB"
 EXIT_ERROR = 1
 EXIT_EXHAUSTED = 3
@@ -148,6 +148,12 @@ def run(args: argparse.Namespace) -> int:
                 print(store.acquire(args.key, owner=args.owner))
             elif action == "release":
                 if not store.release(args.key):
+                    holders = store.holders(args.key)
+                    if holders:
+                        # the invariant: never back to the pool while an attachment holds it
+                        _err(f"{args.key!r} is still held by {len(holders)} attachment(s) "
+                             f"({', '.join(holders[:5])}); not released")
+                        return EXIT_ERROR
                     # Not an error: release is idempotent, like a CNI DEL.
                     _err(f"{args.key!r} held no VNI")
             elif action == "get":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import socket
@@ -300,6 +301,41 @@ def _drop_data_files() -> None:
 # --- client ------------------------------------------------------------------------------
 
 
+class _DeadlineRaw(io.RawIOBase):
+    """The response stream of one request, every ``recv`` bounded by what is left of the
+    request's deadline (a socket timeout alone bounds each ``recv``: a server trickling one
+    byte a second would hold the request forever)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("request deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(b)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, deadline: float, **kw: Any) -> None:
+        super().__init__(sock, **kw)
+        # keep the socket's own file until the response is closed: its reference keeps the
+        # socket open after the connection hands it over (a "Connection: close" answer)
+        self._sockfile = self.fp
+        self.fp = io.BufferedReader(_DeadlineRaw(sock, deadline))
+
+    def _close_conn(self) -> None:
+        super()._close_conn()  # type: ignore[misc]
+        f, self._sockfile = self._sockfile, None
+        if f is not None:
+            f.close()
+
+
 class KubeClient:
     """JSON over HTTP(S) to one API server; thread-safe (a connection per thread).
 
@@ -367,8 +403,9 @@ class KubeClient:
                     # small request/response pairs: do not let Nagle wait for ACKs
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.request(method, url, body=data, headers=headers)
-                if conn.sock is not None:
-                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                # the whole response within the deadline, however the server paces it
+                conn.response_class = (  # type: ignore[assignment]
+                    lambda sock, _d=deadline, **kw: _DeadlineResponse(sock, _d, **kw))
                 resp = conn.getresponse()
                 raw = resp.read()
                 status = resp.status
@@ -393,7 +430,16 @@ class KubeClient:
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
+            if status < 400:    # a 200 with an HTML page (a proxy's login form) is no answer
+                raise KubeError(status, "BadResponse", f"{method} {path}: not JSON: "
+                                f"{raw[:120].decode('utf-8', 'replace')!r}") from None
             doc = {"message": raw[:200].decode("utf-8", "replace")}
+        if not 200 <= status < 300 and status < 400:
+            # redirects are not followed: the API server never sends one, a proxy might
+            where = resp.getheader("Location") or ""
+            raise KubeError(status, "UnexpectedStatus",
+                            f"{method} {path}: HTTP {status} {http.client.responses.get(status, '')}"
+                            + (f" to {where}" if where else ""))
         if status >= 400:
             if not isinstance(doc, dict):
                 doc = {}

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from pycxi.vni.kube import (ANNOTATION, LEGACY_ANNOTATION, POD_CONDITION, KubeClient,
-                            KubeConfig, KubeError)
+                            KubeConfig, KubeConfigError, KubeError)
 from pycxi.vni.store import VniError
 
 __all__ = ["VniNotReady", "VniLookupError", "lookup_pod_vnis", "pod_vnis", "pod_asks",
@@ -80,14 +80,26 @@ def _parse_vnis(message: str, where: str) -> List[int]:
 
 def pod_vnis(pod: dict, *, pod_uid: Optional[str] = None) -> List[int]:
     """Decide from a pod object (as returned by the API server).  Pure function."""
-    meta = pod.get("metadata") or {}
+    # Whatever is not a well-formed pod is an error, never "no VNI": a pod that asked must
+    # not start without its service because a proxy answered or the object was mangled.
+    if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
+        raise VniLookupError(f"the API answered no Pod object: {str(pod)[:120]!r}")
+    meta = pod.get("metadata")
+    status_obj = pod.get("status", {})
+    if not isinstance(meta, dict) or not isinstance(status_obj, dict):
+        raise VniLookupError("malformed Pod object: metadata or status is not an object")
     where = f"pod {meta.get('namespace')}/{meta.get('name')}"
     if pod_uid and meta.get("uid") and meta.get("uid") != pod_uid:
         raise VniLookupError(f"{where} has uid {meta.get('uid')}, not {pod_uid}: "
                              "the pod was replaced")
+    conds = status_obj.get("conditions") or []
+    if not isinstance(conds, list):
+        raise VniLookupError(f"{where}: malformed status.conditions {conds!r}")
     cond = None
-    for c in (pod.get("status") or {}).get("conditions") or ():
-        if isinstance(c, dict) and c.get("type") == POD_CONDITION:
+    for c in conds:
+        if not isinstance(c, dict):
+            raise VniLookupError(f"{where}: malformed condition {c!r}")
+        if c.get("type") == POD_CONDITION:
             cond = c
     if cond is None:
         if pod_asks(pod):
@@ -95,6 +107,9 @@ def pod_vnis(pod: dict, *, pod_uid: Optional[str] = None) -> List[int]:
         return []
     status, reason = cond.get("status"), cond.get("reason") or ""
     msg = cond.get("message") or ""
+    if status not in ("True", "False", "Unknown") or not isinstance(reason, str) \
+            or not isinstance(msg, str):
+        raise VniLookupError(f"{where}: malformed {POD_CONDITION} condition {cond!r}")
     if status == "True":
         return _parse_vnis(msg, where)
     if reason == "NotRequested":
@@ -123,6 +138,8 @@ def lookup_pod_vnis(namespace: str, pod: str, *, kubeconfig: Optional[str] = Non
         if client is None:
             client = KubeClient(KubeConfig.load(kubeconfig), timeout=timeout)
         obj = client.get(KubeClient.path("", "v1", "pods", namespace, pod), timeout=timeout)
+    except KubeConfigError as e:
+        raise VniLookupError(f"kubeconfig: {e}") from e
     except KubeError as e:
         if e.not_found:
             raise VniLookupError(f"pod {namespace}/{pod} not found") from e

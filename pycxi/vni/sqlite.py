@@ -21,6 +21,15 @@ uncommitted transaction, which SQLite rolls back.  ``synchronous=NORMAL`` is dur
 against process crashes; after a power loss the last commits may be lost (never
 corrupted), and so are the containers that held those VNIs.  WAL needs shared memory
 between the processes, so the file must be on a local filesystem (not NFS).
+
+Holders: a key may be held by several *attachments* at once (the CNI plugin's
+``network/containerID/ifname``: two networks of one pod, or the next sandbox of a pod
+whose previous sandbox is not deleted yet).  ``holders`` has one row per attachment;
+``acquire(key, holder=h)`` adds it in the same transaction that finds the VNI, and
+``release(key, holder=h)`` removes it and quarantines the VNI only when no holder of the
+key is left -- also in one transaction, so an acquire racing a release either keeps the
+VNI or comes after the quarantine.  Keys acquired without a holder (``pycxi vni alloc``)
+have none, and release as before.
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ from pycxi.vni.store import (
     STATE_QUARANTINED,
     VNI_MAX,
     Allocation,
+    VniBusy,
     VniError,
     VniExhausted,
     VniStore,
@@ -51,7 +61,16 @@ __all__ = ["SqliteStore", "SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+_HOLDERS = """
+CREATE TABLE holders (
+    holder TEXT PRIMARY KEY,  -- one attachment holds one key
+    key    TEXT NOT NULL,
+    since  REAL
+);
+CREATE INDEX holders_key ON holders (key);
+"""
 
 _SCHEMA = f"""
 CREATE TABLE meta (
@@ -66,7 +85,7 @@ CREATE TABLE vnis (
     owner TEXT,
     CHECK ((state = 'free') = (key IS NULL))
 );
-"""
+""" + _HOLDERS
 
 # Indexes are created after the bulk insert of the 65k rows: faster than maintaining
 # them row by row.
@@ -122,7 +141,7 @@ class SqliteStore(VniStore):
 
     def _error(self, e: sqlite3.Error) -> VniError:
         if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-            return VniError(f"VNI database {self.path} stayed locked by another process: {e}")
+            return VniBusy(f"VNI database {self.path} stayed locked by another process: {e}")
         return VniError(f"VNI database {self.path}: {e}")
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -151,6 +170,14 @@ class SqliteStore(VniStore):
             with self._tx() as c:
                 if c.execute(exists).fetchone() is None:  # lost no race to another creator
                     self._create(c)
+        with self._read() as c:
+            row = c.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        if row is not None and row[0] == 1:
+            with self._tx() as c:     # 1 -> 2: the holders table (no holder: release as before)
+                if c.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == 1:
+                    for stmt in filter(str.strip, _HOLDERS.split(";")):
+                        c.execute(stmt)
+                    c.execute("UPDATE meta SET value = 2 WHERE name = 'schema'")
         with self._read() as c:
             row = c.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if row is None or row[0] != SCHEMA_VERSION:
@@ -216,16 +243,24 @@ class SqliteStore(VniStore):
 
     # --- the store interface ------------------------------------------------------
 
-    def acquire(self, key: str, owner: Optional[str] = None) -> int:
+    def acquire(self, key: str, owner: Optional[str] = None,
+                holder: Optional[str] = None) -> int:
+        """As :meth:`VniStore.acquire`; with ``holder``, also record that attachment as a
+        holder of ``key`` (idempotent; an attachment holds one key)."""
         key = self._check_key(key)
         if owner is not None and not isinstance(owner, str):
             raise VniError(f"owner must be a string or None, not {owner!r}")
+        if holder is not None:
+            self._check_key(holder)
         with self._tx() as c:
+            now = float(self.clock())
+            if holder is not None:
+                c.execute("INSERT OR REPLACE INTO holders (holder, key, since) VALUES (?, ?, ?)",
+                          (holder, key, now))
             row = c.execute("SELECT vni FROM vnis WHERE key = ? AND state = 'allocated'",
                             (key,)).fetchone()
             if row is not None:
                 return row[0]
-            now = float(self.clock())
             # INDEXED BY: without statistics the planner would pick vnis_state and
             # visit every quarantined row, not just the expired ones.
             c.execute("UPDATE vnis INDEXED BY vnis_release "
@@ -262,15 +297,62 @@ class SqliteStore(VniStore):
         expiry = None if first_release is None else first_release + self.quarantine - now
         return exhausted_message(self.ranges, allocated, quarantined, expiry)
 
-    def release(self, key: str) -> bool:
+    def release(self, key: str, holder: Optional[str] = None) -> bool:
+        """Drop ``holder`` (if given) from ``key``'s holders; release ``key``'s VNI into
+        quarantine only if no holder is left.  False if nothing was released."""
         key = self._check_key(key)
         with self._tx() as c:
+            if holder is not None:
+                c.execute("DELETE FROM holders WHERE holder = ? AND key = ?", (holder, key))
+            if c.execute("SELECT 1 FROM holders WHERE key = ? LIMIT 1", (key,)).fetchone():
+                log.debug("VNI of %r kept: other attachments still hold it", key)
+                return False
             cur = c.execute("UPDATE vnis SET state = 'quarantined', since = ? "
                             "WHERE key = ? AND state = 'allocated'", (float(self.clock()), key))
             released = cur.rowcount > 0
         if released:
             log.debug("VNI of %r released into quarantine", key)
         return released
+
+    def forget(self, holder: str) -> bool:
+        """Drop ``holder`` without releasing anything (a job key's VNI outlives its pods)."""
+        with self._tx() as c:
+            return c.execute("DELETE FROM holders WHERE holder = ?", (holder,)).rowcount > 0
+
+    def holders(self, key: Optional[str] = None) -> "list[str]":
+        """The attachments holding ``key`` (all holders when None), sorted."""
+        with self._read() as c:
+            if key is None:
+                rows = c.execute("SELECT holder FROM holders ORDER BY holder").fetchall()
+            else:
+                rows = c.execute("SELECT holder FROM holders WHERE key = ? ORDER BY holder",
+                                 (key,)).fetchall()
+        return [r[0] for r in rows]
+
+    def prune_holders(self, prefix: str, keep: "Iterable[str]",
+                      releasable: Callable[[str], bool] = lambda key: True
+                      ) -> "list[tuple[str, str, bool]]":
+        """Drop the holders starting with ``prefix`` that are not in ``keep`` (the CNI GC's
+        valid attachments of one network), and release each key left without any holder
+        if ``releasable(key)``; one transaction.  Returns ``(holder, key, released)``."""
+        keep = set(keep)
+        out = []
+        with self._tx() as c:
+            stale = [(h, k) for h, k in c.execute(
+                "SELECT holder, key FROM holders WHERE substr(holder, 1, ?) = ?",
+                (len(prefix), prefix)) if h not in keep]
+            now = float(self.clock())
+            for h, k in stale:
+                c.execute("DELETE FROM holders WHERE holder = ?", (h,))
+            for h, k in stale:
+                released = False
+                if releasable(k) and not c.execute(
+                        "SELECT 1 FROM holders WHERE key = ? LIMIT 1", (k,)).fetchone():
+                    released = c.execute(
+                        "UPDATE vnis SET state = 'quarantined', since = ? "
+                        "WHERE key = ? AND state = 'allocated'", (now, k)).rowcount > 0
+                out.append((h, k, released))
+        return out
 
     def get(self, key: str) -> Optional[int]:
         key = self._check_key(key)

@@ -28,6 +28,7 @@ import time
 from typing import Callable, Container, Iterable, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 __all__ = [
+    "DEFAULT_DB",
     "DEFAULT_QUARANTINE",
     "DEFAULT_RANGES",
     "RESERVED_VNIS",
@@ -37,6 +38,7 @@ __all__ = [
     "Allocation",
     "Ranges",
     "VniError",
+    "VniBusy",
     "VniExhausted",
     "VniRangeError",
     "VniStore",
@@ -70,6 +72,10 @@ RESERVED_VNIS: frozenset = frozenset({0, 1, 10})
 #: of margin = 90 s; the original used 60 s with the same 30 s grace limit.
 DEFAULT_QUARANTINE = 90.0
 
+#: The node's one embedded (SQLite) VNI store: ``pycxi vni`` and the CNI plugin's
+#: ``localAllocator`` both default to it, so they can never hand out the same VNI twice.
+DEFAULT_DB = "/var/lib/pycxi/vni.db"
+
 STATE_ALLOCATED = "allocated"
 STATE_QUARANTINED = "quarantined"
 
@@ -80,6 +86,10 @@ class VniError(Exception):
 
 class VniExhausted(VniError):
     """No VNI in the configured ranges is free (all held or in quarantine)."""
+
+
+class VniBusy(VniError):
+    """The store stayed locked by another user past the timeout (try again later)."""
 
 
 class VniRangeError(VniError, ValueError):

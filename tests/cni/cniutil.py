@@ -77,6 +77,15 @@ def access_cmd(svc, vni, dev="cxi0"):
     return [PY, "-c", _ACCESS, str(svc), str(vni), dev]
 
 
+def write_node_conf(path, doc):
+    """The node's policy file for the plugin (root-owned, 0644, as pycxi.cni.policy requires)."""
+    path = str(path)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    os.chmod(path, 0o644)
+    return path
+
+
 def sim_reset(n, env):
     if _cli_has("sim"):
         return run(pycxi_cmd() + ["sim", "reset", "--devices", str(n)], env=env)
@@ -199,7 +208,11 @@ def plugin_call(cni_env, command, conf, cid="c1", netns_path="", ifname="eth0", 
         env.update(CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=args)
         if netns_path:
             env["CNI_NETNS"] = netns_path
-    env.update(extra_env or {})
+    for k, v in (extra_env or {}).items():    # None: take the variable away
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     p = subprocess.run([os.path.join(cni_env.bin, "cxi")], input=json.dumps(conf).encode(),
                        env=env, capture_output=True, timeout=timeout)
     out = p.stdout.decode()

@@ -10,7 +10,7 @@ import pytest
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 from cniutil import (DEBIAN_CNI, HERE, PY, REPO, CniTool, Netns, _core_ready,  # noqa: E402,F401
-                     sim_reset)
+                     sim_reset, write_node_conf)
 # REPO is re-exported on purpose: a test elsewhere doing ``from conftest import REPO`` gets
 # whichever conftest module pytest loaded last, possibly this one.
 
@@ -68,7 +68,15 @@ def cni_env(tmp_path, sim, cni_bin):
     e.ipam_dir = str(tmp_path / "ipam")
     e.cache_dir = str(tmp_path / "cni-cache")
     e.path = [cni_bin, DEBIAN_CNI]
-    e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"]}
+    # the node's policy (pycxi.cni.policy): static VNIs below 5000, the local allocator above,
+    # the stand-in API server's kubeconfig; tests of the policy itself write their own
+    e.vni_db = str(tmp_path / "vni.db")
+    e.kubeconfig = str(tmp_path / "kubeconfig.json")
+    e.node_conf = write_node_conf(tmp_path / "cni-policy.json", {
+        "staticVnis": [[1, 4999]],
+        "localAllocator": {"path": e.vni_db, "ranges": [[5000, 65535]], "quarantine": 0},
+        "kubernetes": {"kubeconfig": e.kubeconfig}, "logDir": str(tmp_path)})
+    e.env = {"PYCXI_SIM_ROOT": os.environ["PYCXI_SIM_ROOT"], "PYCXI_CNI_POLICY": e.node_conf}
     return e
 
 

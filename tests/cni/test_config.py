@@ -47,9 +47,10 @@ def test_limits_null_means_no_resource_limits():
 @pytest.mark.parametrize("key,value", [
     ("vnis", []), ("vnis", [1, 2, 3, 4, 5]), ("vnis", [0]), ("vnis", [70000]), ("vnis", ["1"]),
     ("vnis", [5, 5]), ("vnis", [True]), ("devices", []), ("devices", ["eth0"]), ("devices", "cxi0"),
-    ("tcs", ["FAST"]), ("tcs", []), ("limits", {"XX": [1, 1]}), ("limits", {"LE": [1, 2]}),
+    ("tcs", ["FAST"]), ("tcs", []), ("limits", {"LE": [1, 2]}),
     ("limits", {"LE": {"max": -1}}), ("limits", []), ("dataDir", "rel/path"), ("timeout", 0),
-    ("logLevel", "loud"), ("localAllocator", {"path": "x"}), ("localAllocator", {"path": "/a", "zz": 1}),
+    ("logLevel", "loud"), ("localAllocator", {"path": "x"}), ("localAllocator", {"ranges": [[5, 1]]}),
+    ("localAllocator", {"quarantine": -1}), ("kubernetes", {"kubeconfig": "rel"}),
     ("kubernetes", {"timeout": 99}), ("destroyRetries", -1), ("name", "bad name"), ("name", 5),
 ])
 def test_invalid_values_code_7(key, value):
@@ -58,9 +59,16 @@ def test_invalid_values_code_7(key, value):
     assert key.split(".")[0] in e.msg + e.details or key in e.msg
 
 
-def test_unknown_keys_named():
-    e = code_of(conf(foo=1, barKey=2))
-    assert e.code == 7 and "'foo'" in e.msg and "'barKey'" in e.msg
+def test_unknown_keys_ignored_with_a_warning():
+    """As the Go plugins' JSON decoding: a key this version does not know (config drift, a
+    newer plugin's key) is ignored and named in the log, never a refusal of every sandbox."""
+    c = parse_conf(conf(foo=1, barKey=2, limits={"XX": [1, 1], "LE": [5, 0]},
+                        localAllocator={"zz": 1}, kubernetes={"yy": 2}))
+    text = " | ".join(c.warnings)
+    assert len(c.warnings) == 4 and "'foo'" in text and "'barKey'" in text
+    assert "'XX' in limits" in text and "'zz' in localAllocator" in text and "'yy' in kubernetes" in text
+    assert c.limits["LE"] == (5, 0) and "XX" not in c.limits
+    assert parse_conf(conf()).warnings == []
 
 
 def test_reserved_keys_accepted():

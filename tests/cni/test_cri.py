@@ -31,7 +31,8 @@ import urllib.request
 
 import pytest
 
-from cniutil import PY, Netns, _core_ready, index_links, pycxi_cmd, records, run, services
+from cniutil import (PY, Netns, _core_ready, index_links, pycxi_cmd, records, run, services,
+                     write_node_conf)
 import criutil
 
 pytestmark = pytest.mark.containerd
@@ -102,6 +103,11 @@ def cri(tmp_path_factory):
     c = criutil.Containerd(host, [bindir, "/usr/lib/cni"], env)
     c.data_dir = f"{c.dir}/cxi-state"
     c.cxi_log = f"{c.dir}/cxi.log"
+    # the node's policy (docs/cni.md): the local allocator's database, the kubeconfig and the
+    # log directory the conflists below use; in containerd's environment, like PYCXI_SIM_ROOT
+    env["PYCXI_CNI_POLICY"] = write_node_conf(f"{c.dir}/cni-policy.json", {
+        "localAllocator": {"path": f"{c.dir}/vni.db", "ranges": [[5000, 65535]]},
+        "kubernetes": {"kubeconfig": f"{c.dir}/cxi.kubeconfig"}, "logDir": c.dir})
     c.sim_env = env
     try:
         c.set_stubs(*criutil.cri_stubs(work))

@@ -85,7 +85,7 @@ class Worker:
 def test_generated_input(cni_env, netns):
     pod = netns.add()
     pod_path = netns.path(pod)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(HERE)))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(HERE)), **cni_env.env)
     w = Worker(env)
     data_dir = cni_env.data_dir
     seen = {}

@@ -45,6 +45,8 @@ def _cxi_entries():
     out = []
     ex = os.path.join(CNI, "examples")
     for n in sorted(os.listdir(ex)):
+        if not n.endswith(".conflist"):
+            continue
         with open(os.path.join(ex, n)) as f:
             out.append((n, json.load(f)))
     with open(os.path.join(CNI, "k3s", "cni-conf.json")) as f:
@@ -59,6 +61,28 @@ def test_shipped_conflists_parse(name, conflist):
     conf = parse_conf(json.dumps(dict(entry, cniVersion=conflist["cniVersion"],
                                       name=conflist["name"])).encode())
     assert conf.cni_version in ("1.0.0", "1.1.0")
+
+
+@pytest.mark.parametrize("name,conflist", _cxi_entries(), ids=lambda x: x if isinstance(x, str) else "")
+def test_shipped_conflists_allowed_by_the_example_node_policy(name, conflist):
+    """Each example asks only for what cni/examples/cni-policy.json (or, for the Kubernetes ones,
+    the default policy: no file) grants, and uses a cniVersion every plugin it chains speaks
+    (asked from Debian's installed plugins themselves: its bridge 1.1.1 refuses 1.1.0)."""
+    from pycxi.cni import policy
+    [entry] = [p for p in conflist["plugins"] if p["type"] == "cxi"]
+    conf = parse_conf(json.dumps(dict(entry, cniVersion=conflist["cniVersion"],
+                                      name=conflist["name"])).encode())
+    pol = policy.load(os.path.join(CNI, "examples", "cni-policy.json"))
+    policy.apply(conf, pol)
+    if name.startswith("k3s/"):
+        return          # k3s runs its own bundled plugins (1.1.0), not Debian's
+    for p in conflist["plugins"]:
+        exe = os.path.join("/usr/lib/cni", p["type"])
+        if p["type"] == "cxi" or not os.access(exe, os.X_OK):
+            continue
+        out = subprocess.run([exe], input=b'{"cniVersion": "0.4.0"}', env={"CNI_COMMAND": "VERSION"},
+                             capture_output=True)
+        assert conflist["cniVersion"] in json.loads(out.stdout)["supportedVersions"], p["type"]
 
 
 def test_daemonset_manifest_schema():

@@ -55,7 +55,7 @@ class Podman:
 def podman(cni_env, netns):
     host = netns.add("cxh")
     pid = os.getpid()
-    env = dict(os.environ)
+    env = dict(os.environ, **cni_env.env)     # PYCXI_SIM_ROOT, the node policy
     pm = Podman(host, env)
     d = pm.dir
     rootfs = os.path.join(d, "rootfs")
@@ -73,7 +73,7 @@ def podman(cni_env, netns):
              "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.89.{71 + i}.0/24"}]],
                       "dataDir": os.path.join(d, "ipam")}},
             {"type": "cxi", "vnis": [vni], "dataDir": cni_env.data_dir,
-             "logFile": os.path.join(d, "cxi.log"), "logLevel": "debug"}]}
+             "logFile": str(cni_env.tmp / "podman-cxi.log"), "logLevel": "debug"}]}
         with open(os.path.join(netd, f"{name}.conflist"), "w") as f:
             json.dump(conf, f)
     with open(os.path.join(d, "containers.conf"), "w") as f:

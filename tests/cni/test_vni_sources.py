@@ -191,7 +191,7 @@ def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
     api.pod("ns1", "p1", {"type": COND, "status": "True", "reason": "Allocated", "message": "vnis=4400"})
     c = dict(cxi_conf(cni_env, kubernetes={"kubeconfig": api.kubeconfig}), cniVersion="1.0.0",
              name="k8si", prevResult=PREV)
-    env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
+    env = dict(os.environ, **cni_env.env, CNI_COMMAND="ADD", CNI_CONTAINERID="ki", CNI_IFNAME="eth0",
                CNI_NETNS=netns.path(pod), CNI_PATH=cni_env.bin, CNI_ARGS=k8s_args("ns1", "p1"))
     from cniutil import PY
     p = subprocess.run([PY, "-IS", "-X", "importtime", os.path.join(cni_env.bin, "cxi")],
@@ -203,3 +203,241 @@ def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
                                                    "aiohttp", "requests", "logging")}
     assert not bad, bad
     assert plugin_call(cni_env, "DEL", c, cid="ki")[0] == 0
+
+
+# --- errors a user can act on ----------------------------------------------------------------
+
+class OddApi:
+    """A real HTTP server on loopback that answers the pod GET badly, in one of several ways
+    (no kube-apiserver here: this stands in for a slow API or a proxy in front of it)."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.stop = threading.Event()
+        api = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                try:
+                    self._answer()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _answer(self):
+                m = api.mode
+                if m == "trickle":       # headers at once, then one byte every 0.2 s
+                    body = json.dumps({"metadata": {"name": "p1"}, "pad": "x" * 400}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.flush()
+                    for b in body:
+                        if api.stop.wait(0.2):
+                            return
+                        self.wfile.write(bytes([b]))
+                        self.wfile.flush()
+                    return
+                if m == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "https://login.example/")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if m == "html":
+                    body = b"<html><body>Please log in</body></html>"
+                elif m == "conditions-not-a-list":
+                    body = json.dumps({"kind": "Pod", "metadata": {"namespace": "ns1", "name": "p1",
+                                       "annotations": {"vni.pycxi.dev/vni": "true"}},
+                                       "status": {"conditions": {"type": COND}}}).encode()
+                elif m == "condition-status-odd":
+                    body = json.dumps({"kind": "Pod", "metadata": {"namespace": "ns1", "name": "p1",
+                                       "annotations": {"vni.pycxi.dev/vni": "true"}},
+                                       "status": {"conditions": [{"type": COND, "status": 1}]}}).encode()
+                elif m == "not-a-pod":
+                    body = json.dumps({"kind": "Status", "status": "Success"}).encode()
+                else:
+                    body = b"[]"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.stop.set()
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def _odd_kubeconfig(cni_env, api):
+    with open(cni_env.kubeconfig, "w") as f:
+        json.dump({"apiVersion": "v1", "kind": "Config", "current-context": "x",
+                   "clusters": [{"name": "c", "cluster": {
+                       "server": f"http://127.0.0.1:{api.srv.server_address[1]}"}}],
+                   "users": [{"name": "u", "user": {"token": "t"}}],
+                   "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}, f)
+
+
+def test_kubernetes_timeout_is_a_total_deadline(cni_env, netns):
+    """`timeout: 1` bounds the whole lookup: an API that trickles its answer a byte at a time
+    (each recv well within 1 s; the body would take 80 s) fails the ADD after ~1 s."""
+    import time
+    api = OddApi("trickle")
+    try:
+        _odd_kubeconfig(cni_env, api)
+        pod = netns.add()
+        c = dict(cxi_conf(cni_env, kubernetes={"timeout": 1}), cniVersion="1.0.0", name="k8s",
+                 prevResult=PREV)
+        t0 = time.monotonic()
+        rc, out, _ = plugin_call(cni_env, "ADD", c, cid="t1", netns_path=netns.path(pod),
+                                 args=k8s_args("ns1", "p1"), timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        api.close()
+    assert rc == 1 and out["code"] == 104 and "timed out" in out["details"], out
+    assert took < 6, took        # 1 s of lookup + the interpreter's start on a loaded machine
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+
+
+@pytest.mark.parametrize("mode,why", [("redirect", "302"), ("html", "not JSON"),
+                                      ("conditions-not-a-list", "malformed"),
+                                      ("condition-status-odd", "malformed"),
+                                      ("not-a-pod", "no Pod"), ("array", "not a JSON object")])
+def test_kubernetes_bad_answers_fail_the_add(cni_env, netns, mode, why):
+    """A pod that asked for a VNI must not start without its service because the API (or a
+    proxy) answered a redirect, an HTML page or a mangled pod: 104, nothing created."""
+    api = OddApi(mode)
+    try:
+        _odd_kubeconfig(cni_env, api)
+        pod = netns.add()
+        c = dict(cxi_conf(cni_env, kubernetes={"timeout": 2}), cniVersion="1.0.0", name="k8s",
+                 prevResult=PREV)
+        rc, out, _ = plugin_call(cni_env, "ADD", c, cid="b1", netns_path=netns.path(pod),
+                                 args=k8s_args("ns1", "p1"))
+    finally:
+        api.close()
+    assert rc == 1 and out["code"] == 104 and why in out["details"], out
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+
+
+@pytest.mark.parametrize("where", ["/proc/1/no/vni.db", "dir", "/dev/null"])
+def test_unopenable_local_database_is_an_io_error(cni_env, netns, where):
+    """The node's localAllocator.path cannot be opened (no such directory, a directory, not a
+    file): code 5 naming the path, not 999; nothing created."""
+    from cniutil import write_node_conf
+    path = str(cni_env.tmp / "dbdir") if where == "dir" else where
+    if where == "dir":
+        os.mkdir(path)
+    cni_env.env["PYCXI_CNI_POLICY"] = write_node_conf(
+        cni_env.tmp / "p.json", {"localAllocator": {"path": path, "quarantine": 0},
+                                 "logDir": str(cni_env.tmp)})
+    pod = netns.add()
+    c = dict(cxi_conf(cni_env, localAllocator={}), cniVersion="1.0.0", name="loc", prevResult=PREV)
+    rc, out, _ = plugin_call(cni_env, "ADD", c, cid="d1", netns_path=netns.path(pod),
+                             args="K8S_POD_NAME=p")
+    assert rc == 1 and out["code"] == 5 and path in out["msg"], out
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+
+
+def test_enospc_names_the_exhausted_resource_once(cni_env, netns):
+    """The first pod reserves every TXQ; the second cannot: code 11 naming TXQ, and the
+    driver's fail info appears once in the details."""
+    a, b = netns.add(), netns.add()
+    c = dict(cxi_conf(cni_env, vnis=[4500], devices=["cxi0"],
+                      limits={"TXQ": {"max": 1024, "res": 1024}}),
+             cniVersion="1.0.0", name="full", prevResult=PREV)
+    assert plugin_call(cni_env, "ADD", c, cid="f1", netns_path=netns.path(a))[0] == 0
+    rc, out, _ = plugin_call(cni_env, "ADD", dict(c, vnis=[4501]), cid="f2", netns_path=netns.path(b))
+    assert rc == 1 and out["code"] == 11, out
+    assert "TXQ: 1024 to reserve, 0 left" in out["msg"], out
+    assert out["details"].count("[") == 1 and out["details"].count("ENOSPC") == 1, out
+    assert plugin_call(cni_env, "DEL", c, cid="f1")[0] == 0
+    assert count_services() == 0 and records(cni_env.data_dir) == [] == index_links(cni_env.data_dir)
+
+
+# --- the embedded allocator's holders ----------------------------------------------------------
+
+def _held(cni_env, key):
+    from pycxi.vni.sqlite import SqliteStore
+    s = SqliteStore(cni_env.vni_db, ranges=[(5000, 65535)], quarantine=0)
+    try:
+        return s.get(key), s.holders(key)
+    finally:
+        s.close()
+
+
+def test_local_vni_kept_while_another_network_holds_it(cni_env, netns):
+    """Two networks share the node's database; the pod (same K8S_POD_* identity) is attached
+    to both, so both attachments hold its key.  DEL on one keeps the VNI; DEL on the last
+    releases it."""
+    pod = netns.add()
+    args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1"
+    n1 = dict(cxi_conf(cni_env, localAllocator={}, devices=["cxi0"]), cniVersion="1.0.0",
+              name="net1", prevResult=PREV)
+    n2 = dict(n1, name="net2", devices=["cxi1"])
+    assert plugin_call(cni_env, "ADD", n1, cid="c1", netns_path=netns.path(pod), args=args)[0] == 0
+    assert plugin_call(cni_env, "ADD", n2, cid="c1", netns_path=netns.path(pod), args=args,
+                       ifname="net1")[0] == 0
+    vni, holders = _held(cni_env, "pod/ns1/p1")
+    assert holders == ["net1/c1/eth0", "net2/c1/net1"]
+    assert [r["vnis"] for r in services()["cxi1"]] == [[vni]]
+    assert plugin_call(cni_env, "DEL", n1, cid="c1", args=args)[0] == 0
+    assert _held(cni_env, "pod/ns1/p1") == (vni, ["net2/c1/net1"])
+    # another pod does not get it meanwhile
+    other = netns.add()
+    assert plugin_call(cni_env, "ADD", n1, cid="o1", netns_path=netns.path(other),
+                       args="K8S_POD_NAMESPACE=ns2;K8S_POD_NAME=q")[0] == 0
+    assert services()["cxi0"][0]["vnis"] != [vni]
+    assert plugin_call(cni_env, "DEL", n2, cid="c1", args=args, ifname="net1")[0] == 0
+    assert _held(cni_env, "pod/ns1/p1") == (None, [])
+    assert plugin_call(cni_env, "DEL", n1, cid="o1")[0] == 0
+    assert count_services() == 0
+
+
+def test_local_vni_kept_for_the_next_sandbox(cni_env, netns):
+    """containerd starts sandbox attempt 1 before attempt 0's DEL: the late DEL of attempt 0
+    must not release the VNI attempt 1 is using."""
+    s0, s1 = netns.add(), netns.add()
+    args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1"
+    c = dict(cxi_conf(cni_env, localAllocator={}), cniVersion="1.0.0", name="net1", prevResult=PREV)
+    assert plugin_call(cni_env, "ADD", c, cid="att0", netns_path=netns.path(s0), args=args)[0] == 0
+    assert plugin_call(cni_env, "ADD", c, cid="att1", netns_path=netns.path(s1), args=args)[0] == 0
+    vni, _ = _held(cni_env, "pod/ns1/p1")
+    assert plugin_call(cni_env, "DEL", c, cid="att0", args=args)[0] == 0
+    assert _held(cni_env, "pod/ns1/p1") == (vni, ["net1/att1/eth0"])
+    assert [r["vnis"] for r in services()["cxi0"]] == [[vni]]
+    assert plugin_call(cni_env, "DEL", c, cid="att1", args=args)[0] == 0
+    assert _held(cni_env, "pod/ns1/p1") == (None, [])
+
+
+def test_gc_drops_holders_the_runtime_no_longer_knows(cni_env, netns):
+    """The records are gone (dataDir on tmpfs, a reboot) but the database kept the holders:
+    GC with the runtime's valid attachments drops the others and releases their VNIs; a
+    valid attachment keeps its VNI."""
+    import shutil
+    a, b = netns.add(), netns.add()
+    c = dict(cxi_conf(cni_env, localAllocator={}), cniVersion="1.1.0", name="net1", prevResult=PREV)
+    for cid, pod in (("g1", a), ("g2", b)):
+        assert plugin_call(cni_env, "ADD", c, cid=cid, netns_path=netns.path(pod),
+                           args=f"K8S_POD_NAME={cid}")[0] == 0
+    v2, _ = _held(cni_env, "pod/g2")
+    # what a reboot does to the services and to /run
+    assert sim_reset(2, dict(os.environ)).returncode == 0
+    shutil.rmtree(cni_env.data_dir)
+    gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "g2", "ifname": "eth0"}]})
+    rc, out, _ = plugin_call(cni_env, "GC", gc)
+    assert rc == 0, out
+    assert _held(cni_env, "pod/g1") == (None, [])
+    assert _held(cni_env, "pod/g2") == (v2, ["net1/g2/eth0"])
+    rc, out, _ = plugin_call(cni_env, "GC", dict(c, **{"cni.dev/valid-attachments": []}))
+    assert rc == 0, out
+    assert _held(cni_env, "pod/g2") == (None, [])

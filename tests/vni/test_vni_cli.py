@@ -143,3 +143,16 @@ def test_registered_in_pycxi_cli(tmp_path: Path, child_env: dict) -> None:
     p = subprocess.run(run + ["--range", "10", "alloc", "k2"], env=child_env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 3 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+
+
+def test_release_refused_while_an_attachment_holds_the_key(vni, tmp_path: Path) -> None:
+    """The CNI plugin's localAllocator records its attachments as holders: the admin's
+    `release` does not pull the VNI from under a running pod."""
+    from pycxi.vni.sqlite import SqliteStore
+    db = str(tmp_path / "held.db")
+    s = SqliteStore(db)
+    v = s.acquire("pod/ns/p", holder="net1/c1/eth0")
+    s.close()
+    p = vni("--db", db, "release", "pod/ns/p")
+    assert p.returncode == 1 and "still held by 1 attachment(s) (net1/c1/eth0)" in p.stderr
+    assert vni("--db", db, "get", "pod/ns/p").stdout == f"{v}\n"

@@ -190,3 +190,86 @@ def test_bad_arguments(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "x.db", ranges=[(0, 5)])
     with SqliteStore(tmp_path / "x.db") as s, pytest.raises(VniError):
         s.acquire("k", owner=5)  # type: ignore[arg-type]
+
+
+# --- holders: a VNI goes back only when no attachment holds it ----------------------------------
+
+def test_holders_keep_the_vni_until_the_last_goes(tmp_path: Path, clock: FakeClock) -> None:
+    s = SqliteStore(tmp_path / "v.db", ranges=[(5000, 5001)], quarantine=10, clock=clock)
+    try:
+        v = s.acquire("pod/a", holder="net1/c0/eth0")
+        assert s.acquire("pod/a", holder="net1/c1/eth0") == v       # the next sandbox
+        assert s.acquire("pod/a", holder="net2/c1/net1") == v       # a second network
+        assert s.holders("pod/a") == ["net1/c0/eth0", "net1/c1/eth0", "net2/c1/net1"]
+        assert s.release("pod/a", holder="net1/c0/eth0") is False
+        assert s.release("pod/a") is False              # no holder given: still held by two
+        assert s.release("pod/a", holder="net1/c0/eth0") is False   # idempotent
+        assert s.get("pod/a") == v
+        assert s.release("pod/a", holder="net2/c1/net1") is False
+        assert s.release("pod/a", holder="net1/c1/eth0") is True
+        assert s.get("pod/a") is None and s.holders() == []
+        # quarantined, not handed out at once
+        w = s.acquire("pod/b", holder="net1/c2/eth0")
+        assert w != v
+        with pytest.raises(VniError):
+            s.acquire("pod/c")
+        clock.advance(10)
+        assert s.acquire("pod/c") == v
+    finally:
+        s.close()
+
+
+def test_forget_and_prune_holders(tmp_path: Path, clock: FakeClock) -> None:
+    s = SqliteStore(tmp_path / "v.db", ranges=[(5000, 5009)], quarantine=0, clock=clock)
+    try:
+        a = s.acquire("pod/a", holder="n1/x/eth0")
+        s.acquire("pod/a", holder="n2/x/eth0")
+        b = s.acquire("pod/b", holder="n1/y/eth0")
+        j = s.acquire("job/j", holder="n1/z/eth0")
+        s.acquire("pod/c", holder="n1/keep/eth0")
+        assert s.forget("n1/z/eth0") and s.get("job/j") == j and s.holders("job/j") == []
+        s.acquire("job/j", holder="n1/z/eth0")
+        # prefix "n1/" must not touch "n10/..." nor another network's holders
+        s.acquire("pod/d", holder="n10/w/eth0")
+        out = s.prune_holders("n1/", {"n1/keep/eth0"},
+                              releasable=lambda k: not k.startswith("job/"))
+        assert sorted(out) == [("n1/x/eth0", "pod/a", False), ("n1/y/eth0", "pod/b", True),
+                               ("n1/z/eth0", "job/j", False)]
+        assert s.get("pod/a") == a and s.holders("pod/a") == ["n2/x/eth0"]
+        assert s.get("pod/b") is None and b not in [x.vni for x in s.list() if x.state == "allocated"]
+        assert s.get("job/j") == j
+        assert s.holders() == ["n1/keep/eth0", "n10/w/eth0", "n2/x/eth0"]
+    finally:
+        s.close()
+
+
+def test_exhausted_acquire_records_no_holder(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "v.db", ranges=[(5000, 5000)], quarantine=0)
+    try:
+        s.acquire("pod/a", holder="n/a/eth0")
+        with pytest.raises(VniError):
+            s.acquire("pod/b", holder="n/b/eth0")
+        assert s.holders() == ["n/a/eth0"]
+    finally:
+        s.close()
+
+
+def test_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A database written by the previous pycxi (schema 1, no holders) keeps its allocations
+    and gains the holders table; keys without holders release as before."""
+    path = tmp_path / "v.db"
+    s = SqliteStore(path, ranges=[(5000, 5009)])
+    v = s.acquire("old-key")
+    s.close()
+    c = sqlite3.connect(path)
+    c.execute("DROP TABLE holders")
+    c.execute("UPDATE meta SET value = 1 WHERE name = 'schema'")
+    c.commit()
+    c.close()
+    s = SqliteStore(path, ranges=[(5000, 5009)])
+    try:
+        assert s.get("old-key") == v and s.holders() == []
+        assert s._conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == 2
+        assert s.release("old-key") is True
+    finally:
+        s.close()

@@ -155,3 +155,18 @@ def test_lookup_imports_only_the_standard_library():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("obj", [
+    [], "text", {"kind": "Status", "status": "Success"}, {"message": "<html>login</html>"},
+    {"metadata": "x"}, {"metadata": {"name": "p"}, "status": []},
+    {"metadata": {"name": "p"}, "status": {"conditions": {"type": POD_CONDITION}}},
+    {"metadata": {"name": "p"}, "status": {"conditions": ["x"]}},
+    {"metadata": {"name": "p"}, "status": {"conditions": [{"type": POD_CONDITION, "status": True}]}},
+    {"metadata": {"name": "p"}, "status": {"conditions": [
+        {"type": POD_CONDITION, "status": "False", "reason": 5}]}},
+])
+def test_anything_but_a_well_formed_pod_is_an_error(obj):
+    """Never "no VNI" from a mangled answer: a pod that asked must not start without one."""
+    with pytest.raises(VniLookupError):
+        pod_vnis(obj)

@@ -152,4 +152,113 @@ struct cxi_svc_desc {
 	unsigned int svc_id;
 };
 
+
+/* ---- Objects an application allocates on an LNI (cxil_map, EQs, CQs, PTEs).
+ * Same names, values and layouts as upstream; only the fields and flags that
+ * the software device looks at are commented. */
+
+enum cxi_cq_update_policy {
+	CXI_CQ_UPDATE_ALWAYS,
+	CXI_CQ_UPDATE_HIGH_FREQ_EMPTY,
+	CXI_CQ_UPDATE_LOW_FREQ_EMPTY,
+	CXI_CQ_UPDATE_LOW_FREQ,
+};
+
+#define CXI_MAX_CQ_COUNT (1 << 16)
+
+enum {
+	CXI_CQ_USER = (1 << 0),
+	CXI_CQ_IS_TX = (1 << 1),		/* a TXQ; otherwise a TGQ */
+	CXI_CQ_TX_ETHERNET = (1 << 2),		/* CAP_NET_RAW */
+	CXI_CQ_TX_WITH_TRIG_CMDS = (1 << 3),	/* only LCID 0 */
+};
+
+struct cxi_cq_alloc_opts {
+	unsigned int count;
+	enum cxi_cq_update_policy policy;
+	unsigned int stat_cnt_pool;
+	uint32_t flags;
+	unsigned int lcid;		/* TX: a CP of the LNI must hold it */
+	unsigned int lpe_cdt_thresh_id;	/* target: 0..3 */
+};
+
+enum {
+	CXI_MAP_PIN       = (1 << 0),
+	CXI_MAP_ATS       = (1 << 1),
+	CXI_MAP_WRITE     = (1 << 2),
+	CXI_MAP_READ      = (1 << 3),
+	CXI_MAP_FAULT     = (1 << 4),
+	CXI_MAP_NOCACHE   = (1 << 5),
+	CXI_MAP_USER_ADDR = (1 << 6),
+	CXI_MAP_ATS_PT    = (1 << 7),
+	CXI_MAP_ATS_DYN   = (1 << 8),
+	CXI_MAP_DEVICE    = (1 << 9),
+	CXI_MAP_UNUSED    = (1 << 10),
+	CXI_MAP_ALLOC_MD  = (1 << 11),
+	CXI_MAP_PREFETCH  = (1 << 12),
+};
+
+struct cxi_pt_alloc_opts {
+	uint64_t en_event_match         :  1;
+	uint64_t clr_remote_offset      :  1;
+	uint64_t en_flowctrl            :  1;
+	uint64_t use_long_event         :  1;
+	uint64_t lossless               :  1;
+	uint64_t en_restricted_unicast_lm :  1;
+	uint64_t use_logical            :  1;
+	uint64_t is_matching            :  1;
+	uint64_t do_space_check         :  1;
+	uint64_t en_align_lm            :  1;
+	uint64_t en_sw_hw_st_chng       :  1;
+	uint64_t ethernet               :  1;	/* CAP_NET_RAW */
+	uint64_t signal_invalid         :  1;
+	uint64_t signal_underflow       :  1;
+	uint64_t signal_overflow        :  1;
+	uint64_t signal_inexact         :  1;
+	uint64_t en_match_on_vni        :  1;
+};
+
+struct cxi_md {
+	uint64_t iova;
+	uint64_t va;
+	size_t len;
+	uint8_t lac;		/* the LNI's logical address context of its AC */
+	int page_shift;
+	int huge_shift;
+	unsigned int id;
+};
+
+struct cxi_md_hints {
+	int page_shift;
+	int huge_shift;
+	int ptg_mode;
+	bool ptg_mode_valid;
+	int dmabuf_fd;
+	unsigned long dmabuf_offset;
+	bool dmabuf_valid;
+};
+
+enum {
+	CXI_EQ_USER = (1 << 0),
+	CXI_EQ_PASSTHROUGH = (1 << 1),	/* no MD needed */
+	CXI_EQ_INIT_LONG = (1 << 2),
+	CXI_EQ_TGT_LONG = (1 << 3),
+	CXI_EQ_DROP_STATUS_DISABLE = (1 << 4),
+	CXI_EQ_TIMESTAMP_EVENTS = (1 << 5),
+	CXI_EQ_EC_DISABLE = (1 << 6),
+	CXI_EQ_REGISTER_PCT = (1 << 7),	/* CAP_SYS_ADMIN */
+};
+
+struct cxi_eq_attr {
+	void *queue;		/* page aligned, inside the MD */
+	size_t queue_len;	/* page aligned, non-zero */
+	uint64_t flags;
+	unsigned int status_thresh_base;
+	unsigned int status_thresh_delta;
+	unsigned int status_thresh_count;
+	unsigned int ec_delay;
+	unsigned int cpu_affinity;
+	unsigned int reserved_slots;
+};
+
 #endif /* PYCXI_UAPI_CXI_ABI_H */
