@@ -1,15 +1,19 @@
-"""Benchmark: N annotated Jobs created at once -> time until each has a VNI.
+"""Benchmark: N annotated Jobs created at once -> time until each has a VNI; then all
+deleted -> time until each VNI is in quarantine.
 
 The API server is kmock's emulator (tests/vni_k8s/fakeapi.py) on 127.0.0.1, in this
-process; the controller is ``python -m pycxi.vni.controller`` in a subprocess, as in
-production.  A Job's latency is ``spec.allocatedAt`` of its ``Vni`` object (the
-controller's clock) minus the moment its create returned (ours; same machine).
+process, in its own thread; the controller is ``python -m pycxi.vni.controller`` in a
+subprocess, as in production.  A Job's allocation latency is ``spec.allocatedAt`` of
+its ``Vni`` object (the controller's clock) minus the moment its create returned (ours;
+same machine); its release latency is ``status.releasedAt`` minus the moment its delete
+returned.  Progress is read from the fake's memory, not over HTTP, so that waiting costs
+the API server nothing.
 
     python benchmarks/bench_controller.py [--quick] [--jobs N] [--replicas R]
 
-Prints one JSON object.  Caveat: the fake API server is single-threaded Python
-(~500-1000 requests/s here); a real kube-apiserver is faster, so these figures are an
-upper bound set largely by the fake.
+Prints one JSON object.  The fake API server is single-threaded Python: its own CPU time
+(the ``fake_api_cpu_seconds`` fields, from /proc) is reported next to the controller's,
+so that the controller's share is visible; a real kube-apiserver is much faster.
 """
 from __future__ import annotations
 
@@ -30,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "vni_k8s"))
 
+JOBS = "/apis/batch/v1/namespaces/bench/jobs"
+ANN = {"vni.pycxi.dev/vni": "true"}
+
 
 def percentile(xs: List[float], p: float) -> float:
     xs = sorted(xs)
@@ -38,6 +45,51 @@ def percentile(xs: List[float], p: float) -> float:
     k = (len(xs) - 1) * p / 100.0
     lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def _cpu(pid: int, tid: Optional[int] = None) -> float:
+    """utime + stime of a process (or one of its threads), seconds."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mib(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _vnis(srv) -> List[dict]:
+    """The Vni objects, read from the fake's memory (no request)."""
+    for _ in range(20):
+        try:
+            return [o.raw for (res, _ns, _n), o in list(srv.kube.objects.items())
+                    if getattr(res, "plural", None) == "vnis" and not o.deleted]
+        except RuntimeError:  # changed during iteration: the fake's thread wrote
+            time.sleep(0.01)
+    raise RuntimeError("cannot snapshot the fake's objects")
+
+
+def _stats(lat: List[float]) -> Dict[str, Optional[float]]:
+    return {"p50_seconds": round(percentile(lat, 50), 3), "p99_seconds": round(percentile(lat, 99), 3),
+            "max_seconds": round(max(lat), 3) if lat else None,
+            "mean_seconds": round(statistics.mean(lat), 3) if lat else None}
+
+
+def _parallel(fn, items: List[int], threads: int) -> None:
+    ts = [threading.Thread(target=lambda part=items[t::threads]: [fn(i) for i in part])
+          for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
 
 
 def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, object]:
@@ -50,74 +102,97 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
     procs: List[subprocess.Popen] = []
     with FakeApiServer() as srv:
         kc = write_kubeconfig(os.path.join(tmp, "kubeconfig.json"), srv.url)
-        client = KubeClient(KubeConfig.load(kc), timeout=30)
+        client = KubeClient(KubeConfig.load(kc), timeout=60)
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        me, fake_tid = os.getpid(), srv._thread.native_id
         try:
             for r in range(replicas):
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "pycxi.vni.controller", "--kubeconfig", kc,
-                     "--metrics-port", "0", "--resync", "30", "--log-format", "plain",
+                     "--metrics-port", "0", "--resync", "60", "--log-format", "plain",
                      "--no-leader-election"],
                     env=dict(env, POD_NAME=f"bench-{r}"),
                     stdout=open(os.path.join(tmp, f"ctl{r}.log"), "wb"), stderr=subprocess.STDOUT))
             # ready when the controller has handled a probe Job
-            probe = client.create("/apis/batch/v1/namespaces/bench/jobs", {
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": "probe", "annotations": {"vni.pycxi.dev/vni": "true"}}})
-            t_ready = time.monotonic() + 60
-            while not client.list("/apis/vni.pycxi.dev/v1alpha1/vnis"):
+            client.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
+                                 "metadata": {"name": "probe", "annotations": ANN}})
+            t_ready = time.monotonic() + 120
+            while not _vnis(srv):
                 if time.monotonic() > t_ready:
                     raise RuntimeError("controller did not start")
                 time.sleep(0.05)
+            client.delete(JOBS + "/probe")
+
+            def cpu() -> Dict[str, float]:
+                return {"fake": _cpu(me, fake_tid), "ctl": sum(_cpu(p.pid) for p in procs)}
+
+            def wait(pred, phase: str) -> List[dict]:
+                deadline = time.monotonic() + timeout
+                while True:
+                    objs = [o for o in _vnis(srv)
+                            if o["spec"].get("holder", {}).get("name", "").startswith("job-")]
+                    if pred(objs) or time.monotonic() > deadline:
+                        return objs
+                    time.sleep(0.1)
+
+            # -- allocation: all Jobs at once --
             created: Dict[str, float] = {}
-            lock = threading.Lock()
 
-            def creator(idx: List[int]) -> None:
-                for i in idx:
-                    client.create("/apis/batch/v1/namespaces/bench/jobs", {
-                        "apiVersion": "batch/v1", "kind": "Job",
-                        "metadata": {"name": f"job-{i}",
-                                     "annotations": {"vni.pycxi.dev/vni": "true"}},
-                        "spec": {"template": {"metadata": {"annotations": {
-                            "vni.pycxi.dev/vni": "true"}}}}})
-                    with lock:
-                        created[f"job-{i}"] = time.time()
+            def create(i: int) -> None:
+                client.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
+                                     "metadata": {"name": f"job-{i}", "annotations": ANN},
+                                     "spec": {"template": {"metadata": {"annotations": ANN}}}})
+                created[f"job-{i}"] = time.time()
 
-            t0 = time.time()
-            ts = [threading.Thread(target=creator, args=(list(range(t, jobs, threads)),))
-                  for t in range(threads)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            c0, t0 = cpu(), time.time()
+            _parallel(create, list(range(jobs)), threads)
             t_created = time.time()
-            deadline = time.monotonic() + timeout
-            done: Dict[str, float] = {}
-            while True:
-                objs = client.list("/apis/vni.pycxi.dev/v1alpha1/vnis")
-                done = {o["spec"]["holder"]["name"]: parse_time(o["spec"].get("allocatedAt")) or 0.0
-                        for o in objs if o["spec"].get("holder", {}).get("name", "").startswith("job-")}
-                if len(done) >= jobs or time.monotonic() > deadline:
-                    break
-                # a LIST of all Vni objects is heavy for the single-threaded fake; the
-                # latencies come from spec.allocatedAt, not from this polling
-                time.sleep(0.5)
-            t_all = max(done.values()) if done else float("nan")
-            lat = [done[n] - created[n] for n in done if n in created]
+            objs = wait(lambda objs: len(objs) >= jobs, "allocation")
+            c1, t1 = cpu(), time.time()
+            alloc = {o["spec"]["holder"]["name"]: parse_time(o["spec"].get("allocatedAt")) or 0.0
+                     for o in objs}
+            lat = [alloc[n] - created[n] for n in alloc if n in created]
+            holders = [o["spec"]["holder"]["uid"] for o in objs]
             vnis = [o["spec"]["vni"] for o in objs]
+            unique = len(set(vnis)) == len(vnis) and len(set(holders)) == len(holders)
+
+            # -- release: all Jobs deleted at once --
+            deleted: Dict[str, float] = {}
+
+            def delete(i: int) -> None:
+                client.delete(f"{JOBS}/job-{i}")
+                deleted[f"job-{i}"] = time.time()
+
+            _parallel(delete, list(range(jobs)), threads)
+            t_deleted = time.time()
+            objs = wait(lambda objs: all((o.get("status") or {}).get("releasedAt") for o in objs),
+                        "release")
+            c2, t2 = cpu(), time.time()
+            rel = {o["spec"]["holder"]["name"]: parse_time(o["status"]["releasedAt"])
+                   for o in objs if (o.get("status") or {}).get("releasedAt")}
+            rlat = [rel[n] - deleted[n] for n in rel if n in deleted]
+            peak = [_peak_rss_mib(p.pid) for p in procs]
             return {
-                "benchmark": "controller_1000_jobs" if jobs == 1000 else f"controller_{jobs}_jobs",
-                "jobs": jobs, "replicas": replicas, "allocated": len(done),
-                "unique_vnis": len(set(vnis)) == len(vnis),
+                "benchmark": f"controller_{jobs}_jobs",
+                "jobs": jobs, "replicas": replicas, "allocated": len(alloc),
+                "unique_vnis": unique,
                 "create_seconds": round(t_created - t0, 3),
-                "all_allocated_seconds": round(t_all - t0, 3),
-                "latency_p50_seconds": round(percentile(lat, 50), 3),
-                "latency_p99_seconds": round(percentile(lat, 99), 3),
-                "latency_max_seconds": round(max(lat), 3) if lat else None,
-                "latency_mean_seconds": round(statistics.mean(lat), 3) if lat else None,
-                "throughput_jobs_per_second": round(len(done) / max(1e-9, t_all - t0), 1),
+                "all_allocated_seconds": round(max(alloc.values()) - t0, 3) if alloc else None,
+                **{f"latency_{k}": v for k, v in _stats(lat).items()},
+                "throughput_jobs_per_second": round(len(alloc) / max(1e-9, max(alloc.values()) - t0), 1)
+                if alloc else None,
+                "allocation_phase": {"wall_seconds": round(t1 - t0, 3),
+                                     "fake_api_cpu_seconds": round(c1["fake"] - c0["fake"], 2),
+                                     "controller_cpu_seconds": round(c1["ctl"] - c0["ctl"], 2)},
+                "released": len(rel),
+                "delete_seconds": round(t_deleted - t1, 3),
+                **{f"release_latency_{k}": v for k, v in _stats(rlat).items()},
+                "release_phase": {"wall_seconds": round(t2 - t1, 3),
+                                  "fake_api_cpu_seconds": round(c2["fake"] - c1["fake"], 2),
+                                  "controller_cpu_seconds": round(c2["ctl"] - c1["ctl"], 2)},
+                "controller_peak_rss_mib": peak[0] if replicas == 1 else peak,
                 "api_requests": len(srv.kube._requests) if srv.kube else None,
-                "api_server": "kmock 0.8 emulator (tests/vni_k8s/fakeapi.py), in-process",
+                "api_server": "kmock 0.8 emulator (tests/vni_k8s/fakeapi.py), in-process thread",
                 "python": sys.version.split()[0],
                 "cpus": os.cpu_count(),
             }
@@ -144,7 +219,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs = args.jobs or (200 if args.quick else 1000)
     result = run(jobs, args.replicas, args.threads, args.timeout)
     print(json.dumps(result, indent=2))
-    return 0 if result["allocated"] == jobs and result["unique_vnis"] else 1
+    ok = result["allocated"] == jobs and result["released"] == jobs and result["unique_vnis"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

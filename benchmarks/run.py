@@ -23,7 +23,7 @@ BENCHES = {
     "core": ("bench_core.py", "alloc_svc + destroy_svc cycle and object alloc+free, C vs Python"),
     "cni": ("bench_cni.py", "CNI ADD/DEL latency vs the interpreter floor and Go tuning"),
     "vni_store": ("bench_vni_store.py", "VNI store per-allocation cost vs the original's SQL"),
-    "controller": ("bench_controller.py", "controller burst: Jobs created at once until all have a VNI"),
+    "controller": ("bench_controller.py", "controller burst: Jobs created at once until all have a VNI, then deleted until all are quarantined"),
 }
 
 
@@ -117,10 +117,17 @@ def md_vni(r):
 
 
 def md_controller(r):
-    return ["| Jobs at once | replicas | all have a VNI after | p50 | p99 | unique |",
-            "|---|---|---|---|---|---|",
+    ap, rp = r.get("allocation_phase") or {}, r.get("release_phase") or {}
+    return ["| Jobs at once | replicas | all have a VNI after | p50 | p99 | released p50 | released p99 | unique |",
+            "|---|---|---|---|---|---|---|---|",
             f"| {r['jobs']} | {r['replicas']} | {r['all_allocated_seconds']} s | "
-            f"{r['latency_p50_seconds']} s | {r['latency_p99_seconds']} s | {r['unique_vnis']} |",
+            f"{r['latency_p50_seconds']} s | {r['latency_p99_seconds']} s | "
+            f"{r.get('release_latency_p50_seconds')} s | {r.get('release_latency_p99_seconds')} s | "
+            f"{r['unique_vnis']} |",
+            "", f"CPU time, allocation phase: fake API {ap.get('fake_api_cpu_seconds')} s, controller "
+            f"{ap.get('controller_cpu_seconds')} s (wall {ap.get('wall_seconds')} s); release phase: "
+            f"fake API {rp.get('fake_api_cpu_seconds')} s, controller {rp.get('controller_cpu_seconds')} s "
+            f"(wall {rp.get('wall_seconds')} s). Controller peak RSS {r.get('controller_peak_rss_mib')} MiB.",
             "", f"API server: {r.get('api_server', '?')} — there is no kube-apiserver here, so this "
             "measures the controller's own work against an in-memory fake."]
 

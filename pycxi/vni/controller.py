@@ -1,24 +1,28 @@
-"""The VNI controller: gives every workload that asks for one a VNI of its own (or the
-VNI of a claim in its namespace), stamps it on the workload's pods, and gives it back
-when the workload completes or goes away.
+"""The VNI controller: the wiring between kopf's watches, the rules and the API.
+
+It gives every workload that asks for one a VNI of its own (or the VNI of a claim in its
+namespace), stamps it on the workload's pods, and lets go when the workload completes,
+goes away or stops asking.  **What** to do is decided by the pure functions of
+:mod:`pycxi.vni.rules` (read that module first); this module only keeps the indexes they
+need, calls them, and carries out their answer through
+:class:`pycxi.vni.kstore.KubeStore` (atomic creates, preconditioned writes), whose only
+state is the API server: restart the controller, or run two, at any time.
 
 Run it with ``python -m pycxi.vni.controller`` (the Deployment in
-``pycxi/vni/manifests/`` does).  Built on kopf (watches with reconnects and 410
-handling, a thread pool for our blocking calls, liveness probe); the allocation itself
-is :class:`pycxi.vni.kstore.KubeStore`, whose only state is the API server, so the
-controller is stateless: restart it, or run two, at any time.  See docs/vni-service.md.
-
-Design, briefly:
+``pycxi/vni/manifests/`` does).  See docs/vni-service.md.
 
 * **Level-based.**  Every watch event re-derives the wanted state of one workload from
-  the object and converges to it (acquire, release, stamp pods).  A periodic resync
-  re-checks every ``Vni`` object against its holder (via GET), so a missed event, a
+  the object and converges to it (acquire, let go, stamp pods).  A periodic resync
+  applies :func:`pycxi.vni.rules.lifecycle_actions` to fresh LISTs, so a missed event, a
   crash or a restart can delay a release but never leak a VNI for good.
+* **Holders.**  The pod index maps each VNI to the existing pods that were given it (their
+  True ``vni.pycxi.dev/Allocated`` condition).  It is filled from one LIST before
+  anything is decided (:meth:`Controller.warm_up`), kept by the pod watch, and updated
+  by our own stamp writes at once -- a grant we just wrote must count before the watch
+  echoes it, which is why this is our index and not a ``kopf.index``.
 * **Top-level owner.**  Objects controlled by a watched kind are ignored (a Deployment's
   ReplicaSets carry its annotations: the original gave them VNIs of their own).  Pods
   are mapped to their top-level owner through the ReplicaSet index.
-* **Pod stamp.**  The result goes into the pod's status condition
-  ``vni.pycxi.dev/Allocated``: the only thing the CNI plugin reads (pycxi.vni.lookup).
 * **Errors** (exhaustion, missing or foreign claims, API failures) become a False
   condition with a CamelCase reason on the pods (and the claim), a Warning Event on the
   workload, a metric, and a retry with exponential backoff.  Handlers never crash the
@@ -35,66 +39,25 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from pycxi.vni.kube import (ANNOTATION, API_VERSION, CLAIM_PLURAL, GROUP, LEGACY_ANNOTATION,
-                            POD_CONDITION, VERSION, KubeClient, KubeConfig, KubeError)
+from pycxi.vni.kube import (API_VERSION, CLAIM_PLURAL, GROUP, POD_CONDITION, VERSION, KubeClient,
+                            KubeConfig, KubeError)
 from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, format_time, parse_time
-from pycxi.vni.lookup import MAX_VNIS_PER_POD, format_stamp
-from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
-                             STATE_QUARANTINED, VniError, VniExhausted, format_ranges,
-                             parse_ranges)
+from pycxi.vni.lookup import format_stamp
+from pycxi.vni.rules import (CLAIM, POD, REPLICASET, VOLCANO_JOB, WATCHED_KINDS, Kind, Request,
+                             controller_ref, grant_condition, is_finished, lifecycle_actions,
+                             parse_kinds, parse_request, pod_condition, stamp_decision,
+                             workload_wants)
+from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, VniError, VniExhausted,
+                             format_ranges, parse_ranges)
 
-__all__ = ["Config", "Controller", "Kind", "WATCHED_KINDS", "build_registry", "main"]
+__all__ = ["Config", "Controller", "Kind", "WATCHED_KINDS", "build_registry", "main",
+           "parse_request", "parse_kinds", "is_finished", "POD", "VOLCANO_JOB"]
 
 log = logging.getLogger("pycxi.vni.controller")
 
 #: Keeps a claim (and its VNI) while workloads still redeem it, like pvc-protection.
 FINALIZER = f"{GROUP}/claim-protection"
-_TRUE = frozenset({"true", "yes"})
 _FALSE = frozenset({"", "false", "no", "0", "off"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    group: str
-    version: str
-    plural: str
-    kind: str
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: Optional[str] = None, name: Optional[str] = None,
-             sub: Optional[str] = None) -> str:
-        return KubeClient.path(self.group, self.version, self.plural, namespace, name, sub)
-
-
-POD = Kind("", "v1", "pods", "Pod")
-REPLICASET = Kind("apps", "v1", "replicasets", "ReplicaSet")
-CLAIM = Kind(GROUP, VERSION, CLAIM_PLURAL, "VniClaim")
-VOLCANO_JOB = Kind("batch.volcano.sh", "v1alpha1", "jobs", "Job")
-WATCHED_KINDS: Tuple[Kind, ...] = (
-    Kind("batch", "v1", "jobs", "Job"),
-    Kind("apps", "v1", "deployments", "Deployment"),
-    Kind("apps", "v1", "statefulsets", "StatefulSet"),
-    Kind("apps", "v1", "daemonsets", "DaemonSet"),
-    REPLICASET,  # top-level only when no Deployment controls it
-    VOLCANO_JOB,
-    POD,         # bare pods, and pods of owners we do not watch ("generic owners")
-)
-
-
-def parse_kinds(text: str) -> Tuple[Kind, ...]:
-    """``"group/version/plural/Kind,..."`` (core group: ``"v1/plural/Kind"``)."""
-    out = []
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        parts = item.split("/")
-        if len(parts) == 3:
-            parts = [""] + parts
-        if len(parts) != 4 or not all(parts[1:]):
-            raise ValueError(f"extra kind {item!r}: expected group/version/plural/Kind")
-        out.append(Kind(*parts))
-    return tuple(out)
 
 
 @dataclasses.dataclass
@@ -137,84 +100,6 @@ class Config:
         return tuple(k for k in WATCHED_KINDS if self.volcano or k != VOLCANO_JOB) + self.extra_kinds
 
 
-# --- request parsing -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """What a workload asks for: its own VNI and/or claims (by name, same namespace)."""
-    own: bool = False
-    claims: Tuple[str, ...] = ()
-    invalid: str = ""  # why the request cannot be honoured (ClaimRefused/InvalidRequest)
-    invalid_reason: str = ""
-
-    @property
-    def asks(self) -> bool:
-        return self.own or bool(self.claims) or bool(self.invalid)
-
-
-def _annotation(annotations: Optional[dict]) -> Optional[str]:
-    a = annotations or {}
-    for k in (ANNOTATION, LEGACY_ANNOTATION):
-        v = a.get(k)
-        if isinstance(v, str) and v.strip().lower() not in _FALSE:
-            return v.strip()
-    return None
-
-
-def parse_request(obj: dict) -> Request:
-    """The workload's request, from its annotations or its pod template's."""
-    value = _annotation((obj.get("metadata") or {}).get("annotations"))
-    if value is None:
-        tmpl = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
-        value = _annotation(tmpl.get("annotations"))
-    if value is None:
-        return Request()
-    own, claims = False, []
-    for item in (t.strip() for t in value.split(",")):
-        if not item:
-            continue
-        if item.lower() in _TRUE:
-            own = True
-        elif "/" in item:
-            # A claim is redeemed by name in the workload's own namespace only.
-            return Request(invalid=f"claim {item!r} is not in this namespace: claims are "
-                           "namespace-scoped and redeemed by name", invalid_reason="ClaimRefused")
-        elif not _dns_label(item):
-            return Request(invalid=f"{item!r} is not a claim name", invalid_reason="InvalidRequest")
-        elif item not in claims:
-            claims.append(item)
-    if int(own) + len(claims) > MAX_VNIS_PER_POD:
-        return Request(invalid=f"at most {MAX_VNIS_PER_POD} VNIs per pod",
-                       invalid_reason="InvalidRequest")
-    return Request(own, tuple(claims))
-
-
-def _dns_label(s: str) -> bool:
-    return 0 < len(s) <= 253 and all(c.isalnum() and c.isascii() and not c.isupper() or c in "-."
-                                     for c in s) and s[0].isalnum() and s[-1].isalnum()
-
-
-def is_finished(kind: Kind, obj: dict) -> bool:
-    status = obj.get("status") or {}
-    if kind == POD:
-        return status.get("phase") in ("Succeeded", "Failed")
-    if kind == VOLCANO_JOB:
-        return ((status.get("state") or {}).get("phase")) in ("Completed", "Failed", "Terminated",
-                                                              "Aborted")
-    if kind.kind == "Job":
-        return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                   for c in status.get("conditions") or ())
-    return False
-
-
-def controller_ref(meta: dict) -> Optional[dict]:
-    for ref in meta.get("ownerReferences") or ():
-        if ref.get("controller"):
-            return ref
-    return None
-
-
 # --- state ----------------------------------------------------------------------------------
 
 
@@ -231,6 +116,7 @@ class Workload:
     reason: str = "Pending"
     message: str = ""
     seen: float = dataclasses.field(default_factory=time.monotonic)
+    created: float = 0.0   # the object's creationTimestamp (0: unknown)
     generic: bool = False  # an owner we do not watch; lives as long as its pods
 
     @property
@@ -243,11 +129,9 @@ class Workload:
                 "namespace": self.namespace, "name": self.name, "uid": self.uid}
 
     def condition(self) -> Optional[Tuple[str, str, str]]:
-        """(status, reason, message) of the pod condition, None for "say nothing"."""
-        if self.reason == "Released" and self.message == "unannotated":
-            # running pods must not keep a stamp for a VNI that is now in quarantine
-            return ("False", "Released", "the workload no longer asks for a VNI")
-        if not self.request.asks:
+        """(status, reason, message) of the pod condition, None for "say nothing".
+        Pods already given VNIs keep them (:func:`pycxi.vni.rules.stamp_decision`)."""
+        if self.reason == "Released" or not self.request.asks:
             return None
         if self.vnis:
             return ("True", "Allocated", format_stamp(list(self.vnis)))
@@ -261,6 +145,8 @@ class PodInfo:
     owner_uid: Optional[str]      # the controller ownerReference (None: bare pod)
     owner_ref: Optional[dict]
     stamped: Optional[Tuple[str, str, str]] = None
+    grant: Tuple[int, ...] = ()   # VNIs the pod was given (its True condition): it holds them
+    seen: float = 0.0             # monotonic time of the last event or LIST that showed it
 
 
 class Metrics:
@@ -295,15 +181,21 @@ class Controller:
     """The domain logic; kopf only feeds it events (see :func:`build_registry`).
     Every method is blocking and thread-safe; kopf runs them in its thread pool."""
 
-    def __init__(self, config: Config, client: KubeClient, *, metrics: Optional[Metrics] = None) -> None:
+    def __init__(self, config: Config, client: KubeClient, *, metrics: Optional[Metrics] = None,
+                 clock: Any = time.time) -> None:
         self.config = config
         self.client = client
-        self.store = KubeStore(config.ranges, config.quarantine, client=client,
-                               namespace=config.namespace, orphan_age=config.orphan_age)
+        self.clock = clock
         self.metrics = metrics
         self._lock = threading.RLock()
         self.workloads: Dict[str, Workload] = {}
         self.pods: Dict[str, PodInfo] = {}
+        #: VNI -> uids of existing pods that were given it (the holders; see pycxi.vni.rules)
+        self.holders: Dict[int, Set[str]] = {}
+        self.warm = False  # the pod index has been filled from a LIST (see warm_up)
+        self.store = KubeStore(config.ranges, config.quarantine, clock, client=client,
+                               namespace=config.namespace, orphan_age=config.orphan_age,
+                               in_use=self.held)
         self.rs_owner: Dict[str, Optional[str]] = {}     # ReplicaSet uid -> Deployment uid
         # reverse indexes, so that a workload finds its pods without scanning all pods
         self.pods_by_owner: Dict[str, Set[str]] = {}     # controller uid -> pod uids
@@ -314,8 +206,34 @@ class Controller:
         self._leader = not config.leader_election
         self._stop = threading.Event()
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self._threads: List[threading.Thread] = []
         self.kinds_by_gvk = {(k.api_version, k.kind): k for k in config.kinds}
+
+    # -- holders --
+
+    def held(self, v: int) -> bool:
+        """Whether an existing pod was given ``v``.  Before the pod index is warm every
+        VNI counts as held: nothing is reused or quarantined on a partial view."""
+        with self._lock:
+            return not self.warm or bool(self.holders.get(v))
+
+    def _set_grant(self, info: PodInfo, uid: str, grant: Tuple[int, ...]) -> None:
+        """Under self._lock."""
+        for v in info.grant:
+            if v not in grant:
+                self._discard(self.holders, v, uid)  # type: ignore[arg-type]
+        for v in grant:
+            self.holders.setdefault(v, set()).add(uid)
+        info.grant = grant
+
+    def warm_up(self) -> None:
+        """Fill the pod index from one LIST before anything is decided (kopf starts the
+        watches afterwards and replays every pod as an event, which only adds)."""
+        for pod in self.client.list(POD.path()):
+            self._index_pod(pod)
+        with self._lock:
+            self.warm = True
 
     # -- lifecycle --
 
@@ -396,7 +314,8 @@ class Controller:
                 if not req.asks:
                     return  # the common case: nothing asked, nothing held (resync
                     # catches a VNI held from before a restart)
-                wl = self.workloads[uid] = Workload(uid, ns, name, kind)
+                wl = self.workloads[uid] = Workload(
+                    uid, ns, name, kind, created=parse_time(meta.get("creationTimestamp")) or 0.0)
             wl.request = req
             wl.finished = is_finished(kind, body)
             self.bodies[uid] = (kind, body)
@@ -416,24 +335,55 @@ class Controller:
                 info = self.pods.pop(uid, None)
                 if info and info.owner_uid:
                     self._discard(self.pods_by_owner, info.owner_uid, uid)
+                freed = []
+                if info:
+                    for v in info.grant:
+                        self._discard(self.holders, v, uid)  # type: ignore[arg-type]
+                        if v not in self.holders:
+                            freed.append(v)
             if info and info.owner_uid:
                 self._maybe_release_generic(info.owner_uid)
+            for v in freed:
+                self._settle(v)  # its last holder is gone: quarantine it if it drained
             return
-        cond = None
-        for c in (body.get("status") or {}).get("conditions") or ():
-            if c.get("type") == POD_CONDITION:
-                cond = (c.get("status"), c.get("reason") or "", c.get("message") or "")
-        with self._lock:
-            info = self.pods.get(uid)
-            if info is None:
-                info = self.pods[uid] = PodInfo(meta.get("namespace"), meta.get("name"),
-                                                ref.get("uid") if ref else None, ref)
-                if info.owner_uid:
-                    self.pods_by_owner.setdefault(info.owner_uid, set()).add(uid)
-            info.stamped = cond
+        self._index_pod(body)
         if ref is not None and not self._watched_ref(ref):
             self._generic_owner(body, ref)
         self._stamp_pod(uid)
+
+    def _index_pod(self, body: dict) -> None:
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid:
+            return
+        ref = controller_ref(meta)
+        cond = pod_condition(body)
+        with self._lock:
+            info = self.pods.get(uid)
+            if info is not None:
+                info.seen = time.monotonic()
+            if info is None:
+                info = self.pods[uid] = PodInfo(meta.get("namespace"), meta.get("name"),
+                                                ref.get("uid") if ref else None, ref,
+                                                seen=time.monotonic())
+                if info.owner_uid:
+                    self.pods_by_owner.setdefault(info.owner_uid, set()).add(uid)
+            # our own stamp may be newer than this event; a grant is final either way
+            if not (info.stamped and info.stamped[0] == "True"):
+                info.stamped = cond
+            grant = grant_condition(cond)
+            if grant and not info.grant:
+                self._set_grant(info, uid, grant)
+
+    def _settle(self, v: int, dropped: Optional[str] = None) -> None:
+        """``v`` has no holder pod left: quarantine it if its key let go too."""
+        if not self.active or self.held(v):
+            return
+        try:
+            if self.store.settle(v, dropped):
+                log.info("VNI %d: last pod gone, quarantined", v, extra={"vni": v})
+        except VniError as e:
+            log.warning("VNI %d: cannot quarantine yet (%s); the resync will", v, e)
 
     def _generic_owner(self, pod: dict, ref: dict) -> None:
         """A pod whose controller we do not watch asks for a VNI: the VNI belongs to that
@@ -480,8 +430,14 @@ class Controller:
                     self.bodies[uid] = (CLAIM, body)
             return
         key = f"claim:{uid}"
-        if deleted and not meta.get("finalizers"):
-            return  # removed by us (released) or forcibly (resync releases it)
+        if deleted:
+            # removed by us (already let go) or with its finalizer stripped by hand: the
+            # key lets go; pods that were given the VNI keep it (see _settle)
+            try:
+                self._release_key(key, "claim-deleted")
+            except VniError as e:
+                log.warning("claim %s/%s: cannot let go yet (%s); the resync will", ns, name, e)
+            return
         try:
             if meta.get("deletionTimestamp"):
                 users = self._claim_users(ns, name)
@@ -490,8 +446,7 @@ class Controller:
                                        f"deleting: still used by {', '.join(sorted(users)[:5])}")
                     self._schedule_retry(uid, ("claim", body))
                     return
-                if self.store.release(key) and self.metrics:
-                    self.metrics.releases.labels("claim-deleted").inc()
+                self._release_key(key, "claim-deleted")
                 self._remove_finalizer(ns, name, meta)
                 log.info("released VNI of deleted claim", extra={"namespace": ns, "claim": name})
                 return
@@ -520,6 +475,14 @@ class Controller:
             self._error(body, CLAIM, "ApiError", str(e))
             self._schedule_retry(uid, ("claim", body))
 
+    def _release_key(self, key: str, cause: str) -> None:
+        v = self.store.drop(key)
+        if v is not None:
+            if self.metrics:
+                self.metrics.releases.labels(cause).inc()
+            log.info("%s let go of VNI %d (%s)", key, v, cause, extra={"vni": v, "cause": cause})
+            self._settle(v, key)
+
     # -- the reconcile step --
 
     def reconcile(self, wl: Workload, *, gone: bool) -> None:
@@ -535,8 +498,6 @@ class Controller:
                     self.workloads.pop(wl.uid, None)
                     self.bodies.pop(wl.uid, None)
                     self.retry_at.pop(wl.uid, None)
-            elif cause == "unannotated":
-                self._stamp_pods_of({wl.uid})  # its pods keep running: withdraw their stamp
             return
         req = wl.request
         before = (wl.vnis, wl.reason)
@@ -547,7 +508,8 @@ class Controller:
             if req.own:
                 t0 = time.monotonic()
                 v, new = self.store.acquire_new(
-                    wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder)
+                    wl.key, owner=f"{wl.namespace}/{wl.kind.kind}/{wl.name}", holder=wl.holder,
+                    probably_new=not wl.vnis and wl.created > self.started_wall + 2)
                 if new:
                     self._allocated(wl, v, time.monotonic() - t0)
                 vnis.append(v)
@@ -604,13 +566,17 @@ class Controller:
         self._event(self._body(wl), wl.kind, "Normal", "VniAllocated", f"VNI {v}")
 
     def _release(self, wl: Workload, cause: str) -> None:
+        """The workload stopped asking: its key lets go (no new pod is given the VNI);
+        the VNI itself goes into quarantine when no pod that was given it exists."""
         try:
-            if self.store.release(wl.key):
+            v = self.store.drop(wl.key)
+            if v is not None:
                 if self.metrics:
                     self.metrics.releases.labels(cause).inc()
-                log.info("released VNI of %s %s/%s (%s)", wl.kind.kind, wl.namespace, wl.name,
-                         cause, extra={"namespace": wl.namespace, "workload": wl.name,
-                                       "uid": wl.uid, "cause": cause})
+                log.info("%s %s/%s let go of VNI %d (%s)", wl.kind.kind, wl.namespace, wl.name,
+                         v, cause, extra={"vni": v, "namespace": wl.namespace, "workload": wl.name,
+                                          "uid": wl.uid, "cause": cause})
+                self._settle(v, wl.key)
         except VniError as e:
             self._error(self._body(wl), wl.kind, "ApiError", f"release: {e}")
             self._schedule_retry(wl.uid)
@@ -656,8 +622,8 @@ class Controller:
                 # ownerReferences are written by whoever creates the pod; one naming a
                 # workload of another namespace must not get that workload's VNI
                 wl = None
-            want = wl.condition() if wl is not None else None
-            if want is None or want == info.stamped:
+            want = stamp_decision(info.stamped, wl.condition() if wl is not None else None)
+            if want is None:
                 return
         body = {"status": {"conditions": [{
             "type": POD_CONDITION, "status": want[0], "reason": want[1], "message": want[2],
@@ -666,6 +632,8 @@ class Controller:
             self.client.patch(POD.path(info.namespace, info.name, "status"), body, strategic=True)
             with self._lock:
                 info.stamped = want
+                if want[0] == "True" and pod_uid in self.pods:
+                    self._set_grant(info, pod_uid, grant_condition(want))
         except KubeError as e:
             if not e.not_found:
                 log.warning("cannot stamp pod %s/%s: %s", info.namespace, info.name, e)
@@ -821,29 +789,56 @@ class Controller:
                 log.exception("resync failed")
 
     def resync(self) -> None:
-        """Release every VNI whose holder is gone, replaced or finished (checked against
-        the API, not memory), quarantine orphans, drop expired quarantines, update the
-        gauges."""
+        """The safety net for missed events, crashes and restarts: decide every ``Vni``
+        object's fate with :func:`pycxi.vni.rules.lifecycle_actions` from fresh LISTs
+        (``Vni`` objects and key records, then pods, then the holders' kinds: each LIST
+        after the one it is judged against) and carry it out."""
         if self.metrics:
             self.metrics.leader.set(1 if self.active else 0)
         if not self.active:
             return
-        entries = self.store.list_objects()
-        # One LIST per (kind, namespace) instead of a GET per holder.  The LIST comes
-        # after the Vni LIST, and a holder exists before its Vni, so a live holder is
-        # always in it.
-        groups: Dict[Tuple[Kind, str], List[Tuple[Any, dict]]] = {}
-        for a, obj in entries:
+        views = self.store.views()
+        t_list = time.monotonic()
+        pods = self.client.list(POD.path())
+        held: Set[int] = set()
+        generic: Set[str] = set()  # controller uids of existing pods that ask
+        live_pods = {}
+        for pod in pods:
+            md = pod.get("metadata") or {}
+            live_pods[md.get("uid")] = pod
+            held.update(grant_condition(pod_condition(pod)))
+            ref = controller_ref(md)
+            if ref is not None and parse_request(pod).asks:
+                generic.add(ref.get("uid"))
+            self._index_pod(pod)  # a grant the watch has not delivered yet
+        with self._lock:
+            self.warm = True
+            # pods last seen before the LIST and absent from it are gone: a deletion the
+            # watch missed (or one overtaken by a previous resync's re-indexing)
+            stale = [u for u, i in self.pods.items() if u not in live_pods and i.seen < t_list]
+            for u in stale:
+                info = self.pods.pop(u)
+                if info.owner_uid:
+                    self._discard(self.pods_by_owner, info.owner_uid, u)
+                for v in info.grant:
+                    self._discard(self.holders, v, u)  # type: ignore[arg-type]
+        wants: Dict[str, bool] = {}
+        groups: Dict[Tuple[Kind, str], List[Tuple[str, dict]]] = {}
+        for v, obj in views:
             holder = (obj.get("spec") or {}).get("holder") or {}
-            if a.state != STATE_ALLOCATED or not holder.get("uid"):
+            if v.released_at is not None or not v.committed or not holder.get("uid"):
                 continue
-            kind = CLAIM if holder.get("kind") == "VniClaim" else \
-                self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
-            if kind is None:  # a generic owner
-                if self._holder_gone(holder):
-                    self._resync_release(a, holder)
-                continue
-            groups.setdefault((kind, holder.get("namespace") or ""), []).append((a, holder))
+            if holder.get("kind") == "VniClaim":
+                kind: Optional[Kind] = CLAIM
+            else:
+                kind = self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
+            if kind == POD:
+                pod = live_pods.get(holder["uid"])
+                wants[v.key] = pod is not None and workload_wants(POD, pod)
+            elif kind is None:  # a generic owner: held while any of its pods asks
+                wants[v.key] = holder["uid"] in generic
+            else:
+                groups.setdefault((kind, holder.get("namespace") or ""), []).append((v.key, holder))
         for (kind, ns), items in groups.items():
             try:
                 live = {(o.get("metadata") or {}).get("uid"): o for o in self.client.list(kind.path(ns))}
@@ -852,59 +847,38 @@ class Controller:
                     log.warning("resync: cannot list %s in %s: %s", kind.plural, ns, e)
                     continue
                 live = {}
-            for a, holder in items:
+            for key, holder in items:
                 o = live.get(holder["uid"])
-                if o is None or (kind != CLAIM and (is_finished(kind, o) or not parse_request(o).asks)):
-                    self._resync_release(a, holder)
-        self.store.gc()
+                if kind == CLAIM:
+                    # a deleting claim lets go through its finalizer (on_claim)
+                    wants[key] = o is not None
+                else:
+                    wants[key] = workload_wants(kind, o)
+        actions = lifecycle_actions([v for v, _ in views], wants, held, now=self.clock(),
+                                    quarantine=self.config.quarantine,
+                                    orphan_age=self.config.orphan_age)
+        for a in actions:
+            try:
+                done = self.store.apply([a])
+            except VniError as e:
+                log.warning("resync: %s of VNI %d: %s", a.op, a.vni, e)
+                continue
+            if done and a.op == "drop" and self.metrics:
+                self.metrics.releases.labels("resync").inc()
+            if done:
+                log.info("resync: %s VNI %d (%s)", a.op, a.vni, a.key,
+                         extra={"vni": a.vni, "cause": "resync", "op": a.op})
         if self.metrics:
-            entries = self.store.list_objects()
-            alloc = sum(1 for a, _ in entries if a.state == STATE_ALLOCATED)
-            quar = sum(1 for a, _ in entries if a.state == STATE_QUARANTINED)
+            now = self.clock()
+            alloc = sum(1 for v, _ in views if v.released_at is None)
+            quar = sum(1 for v, _ in views if v.released_at is not None
+                       and now - v.released_at < self.config.quarantine)
             self.metrics.allocated.set(alloc)
             self.metrics.quarantined.set(quar)
             size = sum(hi - lo + 1 for lo, hi in self.config.ranges) - sum(
-                1 for v in (0, 1, 10) if any(lo <= v <= hi for lo, hi in self.config.ranges))
-            in_range = sum(1 for a, _ in entries if any(lo <= a.vni <= hi for lo, hi in self.config.ranges))
+                1 for x in (0, 1, 10) if any(lo <= x <= hi for lo, hi in self.config.ranges))
+            in_range = sum(1 for v, _ in views if any(lo <= v.vni <= hi for lo, hi in self.config.ranges))
             self.metrics.free.set(max(0, size - in_range))
-
-    def _resync_release(self, a: Any, holder: dict) -> None:
-        if self.store.release(a.key) and self.metrics:
-            self.metrics.releases.labels("resync").inc()
-        log.info("resync released VNI %d of %s %s/%s", a.vni, holder.get("kind"),
-                 holder.get("namespace"), holder.get("name"),
-                 extra={"vni": a.vni, "namespace": holder.get("namespace"),
-                        "workload": holder.get("name"), "uid": holder.get("uid"), "cause": "resync"})
-
-    def _holder_gone(self, holder: dict) -> bool:
-        if holder.get("kind") == "VniClaim":
-            path = CLAIM.path(holder.get("namespace"), holder.get("name"))
-            kind = CLAIM
-        else:
-            kind = self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
-            if kind is None:
-                # a generic owner: held while any of its pods exists, which only a warm
-                # index can tell
-                if time.monotonic() - self.started < max(10.0, 2 * self.config.resync):
-                    return False
-                with self._lock:
-                    return not self.pods_by_owner.get(holder["uid"]) \
-                        and holder["uid"] not in self.workloads
-            path = kind.path(holder.get("namespace"), holder.get("name"))
-        try:
-            obj = self.client.get(path)
-        except KubeError as e:
-            if e.not_found:
-                return True
-            raise
-        meta = obj.get("metadata") or {}
-        if meta.get("uid") != holder["uid"]:
-            return True  # same name, a new object
-        if kind == CLAIM:
-            return False  # claims go through their finalizer
-        if kind == POD and controller_ref(meta) is None:
-            return is_finished(kind, obj) or not parse_request(obj).asks
-        return is_finished(kind, obj) or not parse_request(obj).asks
 
     # -- leader election (optional: for efficiency, not for correctness) --
 
@@ -1028,9 +1002,10 @@ def build_registry(ctrl: Controller) -> Any:
         ctrl.on_claim(dict(body), _deleted(type, body))
 
     @kopf.on.login(registry=reg)
-    def login(**kwargs: Any) -> Any:
-        # kubeconfig first (a file we were given), then the pod's service account
-        return kopf.login_with_kubeconfig(**kwargs) or kopf.login_with_service_account(**kwargs)
+    def login(**_: Any) -> Any:
+        # one configuration and authentication path: the same KubeConfig as our client
+        # (re-invoked by kopf on a 401, which re-reads a rotated service-account token)
+        return connection_info(ctrl.client.config)
 
     @kopf.on.startup(registry=reg)
     def startup(settings: Any, **_: Any) -> None:
@@ -1045,6 +1020,7 @@ def build_registry(ctrl: Controller) -> Any:
         settings.batching.batch_window = 0.05
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
+        ctrl.warm_up()
         ctrl.start()
 
     @kopf.on.cleanup(registry=reg)
@@ -1052,6 +1028,19 @@ def build_registry(ctrl: Controller) -> Any:
         ctrl.stop()
 
     return reg
+
+
+def connection_info(cfg: KubeConfig) -> Any:
+    """kopf's credentials from our :class:`KubeConfig`."""
+    import kopf
+
+    return kopf.ConnectionInfo(
+        server=cfg.server, token=cfg.bearer(), scheme="Bearer" if cfg.bearer() else None,
+        ca_path=cfg.ca_file, ca_data=cfg.ca_data.encode() if cfg.ca_data and not cfg.ca_file else None,
+        insecure=cfg.insecure or None,
+        certificate_path=None if cfg.cert_data else cfg.cert_file, certificate_data=cfg.cert_data,
+        private_key_path=None if cfg.key_data else cfg.key_file, private_key_data=cfg.key_data,
+        default_namespace=cfg.namespace)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -43,13 +43,14 @@ import hashlib
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Container, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from pycxi.vni.kube import (API_VERSION, GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig,
                             KubeError, vni_name)
 from pycxi.vni.store import (DEFAULT_QUARANTINE, DEFAULT_RANGES, STATE_ALLOCATED,
                              STATE_QUARANTINED, Allocation, VniError, VniExhausted, VniStore,
-                             exhausted_message, in_ranges, iter_candidates, quarantine_over)
+                             exhausted_message, in_ranges, quarantine_over)
+from pycxi.vni.rules import Action, VniView, lifecycle_actions, next_candidate
 
 __all__ = ["KubeStore", "VniApiError", "DEFAULT_NAMESPACE", "ORPHAN_AGE", "key_hash",
            "format_time", "parse_time"]
@@ -103,6 +104,33 @@ class _Seen:
         self.state, self.released, self.uid, self.rv = state, released, uid, rv
 
 
+class _Held:
+    """A predicate as a container, for the rules' ``held`` argument."""
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[int], bool]) -> None:
+        self.fn = fn
+
+    def __contains__(self, v: object) -> bool:
+        return isinstance(v, int) and self.fn(v)
+
+
+class _Known:
+    """What a handle saw, as the rules' ``known`` mapping (looked up lazily: the search
+    usually stops at the first candidate).  Pending creates of our own threads count as
+    objects that are not released."""
+    __slots__ = ("seen",)
+
+    def __init__(self, seen: Dict[int, "_Seen"]) -> None:
+        self.seen = seen
+
+    def get(self, v: int) -> Optional[Tuple[bool, Optional[float]]]:
+        st = self.seen.get(v)
+        if st is None:
+            return None
+        return True, (st.released if st.state == STATE_QUARANTINED else None)
+
+
 class KubeStore(VniStore):
     """VNI allocation over ``Vni`` objects; see the module docstring.
 
@@ -117,9 +145,13 @@ class KubeStore(VniStore):
                  clock: Callable[[], float] = time.time, *,
                  client: Optional[KubeClient] = None, kubeconfig: Optional[str] = None,
                  namespace: str = DEFAULT_NAMESPACE, timeout: float = 10.0,
-                 orphan_age: float = ORPHAN_AGE) -> None:
+                 orphan_age: float = ORPHAN_AGE,
+                 in_use: Optional[Callable[[int], bool]] = None) -> None:
         super().__init__(ranges, quarantine, clock)
         self.orphan_age = orphan_age
+        #: whether an existing pod was given the VNI (the controller's pod index): such a
+        #: VNI is never reused, whatever its Vni object says
+        self.in_use: Callable[[int], bool] = in_use or (lambda v: False)
         self.client = client or KubeClient(KubeConfig.load(kubeconfig), timeout=timeout)
         self.namespace = namespace
         self._seen: Optional[Dict[int, _Seen]] = None
@@ -160,13 +192,17 @@ class KubeStore(VniStore):
         return self.acquire_new(key, owner, holder=holder)[0]
 
     def acquire_new(self, key: str, owner: Optional[str] = None, *,
-                    holder: Optional[Dict[str, Any]] = None) -> Tuple[int, bool]:
+                    holder: Optional[Dict[str, Any]] = None,
+                    probably_new: bool = False) -> Tuple[int, bool]:
         """:meth:`acquire`, also saying whether this call allocated the VNI (False: the
-        key held it already, or a racing allocator committed first)."""
+        key held it already, or a racing allocator committed first).  ``probably_new``:
+        skip the first look-up of the key's record (a key first seen after this handle
+        started); if the key did hold one, the record's create answers 409 and the
+        loser's path below finds it, so this saves a request and costs no safety."""
         key = self._check_key(key)
         name = self._record_name(key)
-        for _ in range(8):
-            v = self.get(key)
+        for attempt in range(8):
+            v = None if (probably_new and not attempt) else self.get(key)
             if v is not None:
                 return v, False
             t0 = time.monotonic()
@@ -293,25 +329,103 @@ class KubeStore(VniStore):
 
     # --- beyond the interface (the controller's GC) -------------------------------------
 
-    def gc(self) -> int:
+    def gc(self, held: Container[int] = ()) -> int:
         """Quarantine orphans (allocated ``Vni`` objects no key record points to, older
         than ``orphan_age``: a crash between create and commit, a create whose response
-        was lost) and delete ``Vni`` objects whose quarantine is over.  Returns how many
-        objects changed."""
-        now, n = self.clock(), 0
-        for a, o, _, orphan in self._snapshot():
-            if orphan:
-                # only the version we judged: a concurrent commit (see _confirm) wins
-                self._quarantine(a.vni, now, (o.get("metadata") or {}).get("resourceVersion"))
-                n += 1
-        for o in self._list_vnis():
-            a = self._allocation(o, float("-inf"))
-            md = o.get("metadata") or {}
-            if a is not None and a.state == STATE_QUARANTINED and \
-                    quarantine_over(a.since, now, self.quarantine):
-                if self._delete_vni(a.vni, md.get("uid"), md.get("resourceVersion")):
-                    n += 1
+        was lost, a key that let go) and delete ``Vni`` objects whose quarantine is over,
+        except VNIs in ``held`` (given to pods that still exist) -- the rules of
+        :func:`pycxi.vni.rules.lifecycle_actions` with no key known to have let go.
+        Returns how many objects changed."""
+        return self.apply(lifecycle_actions(
+            [v for v, _ in self.views()], {}, held, now=self.clock(),
+            quarantine=self.quarantine, orphan_age=self.orphan_age))
+
+    def views(self) -> List[Tuple[VniView, dict]]:
+        """Every ``Vni`` object (expired quarantines included) as the rules see it, from
+        one LIST of objects and one of key records taken after it: a ``Vni`` created
+        after the first LIST can never look uncommitted."""
+        objs = self._list_vnis()
+        records: Dict[str, str] = {}
+        for r in self._list(self._lease_path(), f"{LABEL_ROLE}=key"):
+            h = (r.get("spec") or {}).get("holderIdentity") or ""
+            records[(r.get("metadata") or {}).get("name", "")[len("vnikey-"):]] = h
+        wall = time.time()
+        out = []
+        for o in objs:
+            spec, md = o.get("spec") or {}, o.get("metadata") or {}
+            try:
+                v = int(spec["vni"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            key = str(spec.get("key", ""))
+            created = parse_time(md.get("creationTimestamp")) or wall
+            out.append((VniView(v, key, parse_time((o.get("status") or {}).get("releasedAt")),
+                                records.get(key_hash(key)) == vni_name(v), wall - created,
+                                md.get("uid") or "", md.get("resourceVersion") or ""), o))
+        out.sort(key=lambda t: t[0].vni)
+        return out
+
+    def apply(self, actions: Iterable[Action]) -> int:
+        """Carry out :func:`~pycxi.vni.rules.lifecycle_actions`; each write has a
+        precondition on what was judged, so a stale decision is a no-op.  Returns how
+        many took effect."""
+        n, now = 0, self.clock()
+        for a in actions:
+            if a.op == "drop":
+                n += self.drop(a.key) is not None
+            elif a.op == "quarantine":
+                n += self._quarantine(a.vni, now, a.resource_version or None, uid=a.uid or None)
+            elif a.op == "free":
+                n += self._delete_vni(a.vni, a.uid or None, a.resource_version or None)
         return n
+
+    def drop(self, key: str) -> Optional[int]:
+        """Delete ``key``'s record: the key holds nothing any more and no new pod is given
+        its VNI, but the ``Vni`` object stays allocated (draining) until
+        :meth:`settle` or :meth:`gc` finds no pod holding it.  Returns the VNI the
+        record pointed to (None: no record, or another handle dropped it first)."""
+        key = self._check_key(key)
+        name = self._record_name(key)
+        try:
+            record = self._call(self.client.get, self._lease_path(name))
+        except KubeError as e:
+            if e.not_found:
+                return None
+            raise VniApiError(str(e)) from e
+        h = (record.get("spec") or {}).get("holderIdentity") or ""
+        try:
+            self._call(self.client.delete, self._lease_path(name),
+                       uid=(record.get("metadata") or {}).get("uid"))
+        except KubeError as e:
+            if e.status in (404, 409):
+                return None
+            raise VniApiError(str(e)) from e
+        return int(h[4:]) if h.startswith("vni-") and h[4:].isdigit() else None
+
+    def settle(self, v: int, dropped: Optional[str] = None) -> bool:
+        """Quarantine ``vni-<v>`` if it is allocated and no key record points to it (a
+        drained VNI).  The caller has checked that no existing pod holds it.
+        ``dropped``: the key whose record the caller has just deleted (no need to look)."""
+        try:
+            o = self._call(self.client.get, self._vni_path(v))
+        except KubeError as e:
+            if e.not_found:
+                return False
+            raise VniApiError(str(e)) from e
+        spec, md = o.get("spec") or {}, o.get("metadata") or {}
+        if (o.get("status") or {}).get("releasedAt") or spec.get("vni") != v:
+            return False
+        key = str(spec.get("key", ""))
+        if key == dropped:
+            return self._quarantine(v, self.clock(), md.get("resourceVersion"))
+        try:
+            record = self._call(self.client.get, self._lease_path(self._record_name(key)))
+            if (record.get("spec") or {}).get("holderIdentity") == vni_name(v):
+                return False  # still the key's
+        except KubeError as e:
+            if not e.not_found:
+                raise VniApiError(str(e)) from e
+        return self._quarantine(v, self.clock(), md.get("resourceVersion"))
 
     # --- internals ------------------------------------------------------------------------
 
@@ -340,9 +454,20 @@ class KubeStore(VniStore):
         return Allocation(str(spec.get("key", "")), v, STATE_ALLOCATED,
                           since if since is not None else 0.0, spec.get("owner"))
 
-    def _quarantine(self, v: int, now: float, rv: Optional[str] = None) -> None:
+    def _quarantine(self, v: int, now: float, rv: Optional[str] = None,
+                    uid: Optional[str] = None) -> bool:
         """Release ``vni-<v>`` into quarantine; with ``rv``, only that very version (a 409
-        means it changed: left alone)."""
+        means it changed: left alone); with ``uid``, only that object."""
+        if uid and not rv:
+            try:
+                cur = self._call(self.client.get, self._vni_path(v))
+            except KubeError as e:
+                if e.not_found:
+                    return False
+                raise VniApiError(str(e)) from e
+            if (cur.get("metadata") or {}).get("uid") != uid:
+                return False
+            rv = (cur.get("metadata") or {}).get("resourceVersion")
         body: Dict[str, Any] = {"metadata": {"resourceVersion": rv}} if rv else {}
         try:
             o = self._call(self.client.patch, self._vni_path(v, "status"), {**body, "status": {
@@ -352,13 +477,14 @@ class KubeStore(VniStore):
                                 "lastTransitionTime": format_time(time.time())}]}})
         except KubeError as e:
             if e.not_found or (rv and e.conflict):
-                return
+                return False
             raise VniApiError(str(e)) from e
         md = o.get("metadata") or {}
         with self._lock:
             if self._seen is not None:
                 self._seen[v] = _Seen(STATE_QUARANTINED, parse_time(format_time(now)),
                                       md.get("uid"), None)
+        return True
 
     def _delete_vni(self, v: int, uid: Optional[str], rv: Optional[str],
                     forget: bool = True) -> bool:
@@ -402,16 +528,10 @@ class KubeStore(VniStore):
         """Under self._lock: the next VNI worth a create, from the cursor on, and what
         we saw of it if it is an expired quarantine (to delete first)."""
         cursor = self._cursor if self._cursor is not None else self.ranges[0][0]
-        for v in iter_candidates(self.ranges, cursor):
-            s = seen.get(v)
-            if s is None:
-                if skip:
-                    skip -= 1  # spread out after lost races, see _allocate
-                    continue
-                return v, None
-            if s.state == STATE_QUARANTINED and quarantine_over(s.released, now, self.quarantine):
-                return v, s
-        return None, None
+        v, expired = next_candidate(self.ranges, cursor, _Known(seen), now=now,
+                                    quarantine=self.quarantine, held=_Held(self.in_use),
+                                    skip=skip)
+        return v, (seen[v] if expired and v is not None else None)
 
     def _allocate(self, key: str, owner: Optional[str],
                   holder: Optional[Dict[str, Any]]) -> Tuple[int, dict]:

@@ -117,6 +117,8 @@ class KubeConfig:
         self.key_file = key_file
         self.insecure = insecure
         self.namespace = namespace
+        self.cert_data: Optional[bytes] = None  # inline client certificate/key (kubeconfig
+        self.key_data: Optional[bytes] = None   # *-data fields), for kopf's login
         self._token_cache: Tuple[float, Optional[str]] = (0.0, None)
         self._ssl: Optional["ssl.SSLContext"] = None
 
@@ -245,6 +247,10 @@ class KubeConfig:
                   key_file=file_or_data("client-key", "client-key-data", user),
                   insecure=bool(cluster.get("insecure-skip-tls-verify")),
                   namespace=ctx.get("namespace") or "default")
+        if user.get("client-certificate-data"):
+            cfg.cert_data = base64.b64decode(user["client-certificate-data"])
+        if user.get("client-key-data"):
+            cfg.key_data = base64.b64decode(user["client-key-data"])
         if cfg.cert_file and cfg.scheme == "https":
             cfg.ssl_context()  # load now, so that the temporary key files can go at once
         return cfg

@@ -136,6 +136,11 @@ class Cluster:
                 out.setdefault(o["spec"]["holder"]["uid"], []).append(o["spec"]["vni"])
         return out
 
+    def key_records(self) -> list:
+        """The controller's key records (which key holds which VNI)."""
+        return self.client.list("/apis/coordination.k8s.io/v1/namespaces/pycxi-vni/leases",
+                                label_selector="vni.pycxi.dev/role=key")
+
     def released(self) -> dict:
         return {o["spec"]["vni"]: o["spec"]["holder"]["uid"] for o in self.vnis()
                 if (o.get("status") or {}).get("releasedAt")}
@@ -159,3 +164,46 @@ class Cluster:
                 return c
         return None
 
+
+
+class Clock:
+    """An injectable clock (epoch seconds) for an in-process controller."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+class Feeder:
+    """Delivers objects to an in-process controller the way kopf's watch would: the
+    object's current state from the API, or its deletion (with its last state)."""
+
+    def __init__(self, ctl, cluster: Cluster) -> None:
+        self.ctl, self.cluster = ctl, cluster
+        self.last: dict = {}
+
+    def __call__(self, kind: str, ns: str, name: str, deleted: bool = False) -> None:
+        from pycxi.vni.rules import CLAIM, POD, REPLICASET, WATCHED_KINDS
+
+        kinds = {k.kind: k for k in WATCHED_KINDS}
+        kinds["VolcanoJob"] = [k for k in WATCHED_KINDS if k.group == "batch.volcano.sh"][0]
+        kinds["Job"] = WATCHED_KINDS[0]
+        if deleted:
+            body = self.last[(kind, ns, name)]
+        else:
+            body = self.cluster.get(kind, ns, name)
+            self.last[(kind, ns, name)] = body
+        if kind == "Pod":
+            self.ctl.on_workload(POD, body, deleted)
+        elif kind == "VniClaim":
+            self.ctl.on_claim(body, deleted)
+        elif kind == "ReplicaSet":
+            self.ctl.on_replicaset(body, deleted)
+        else:
+            self.ctl.on_workload(kinds[kind], body, deleted)
+        assert CLAIM and REPLICASET  # imported for the dispatch above

@@ -32,6 +32,11 @@ def test_job_gets_a_vni_and_releases_it_on_completion(cluster):
                                      "name": "train", "uid": job["metadata"]["uid"]}
 
     cluster.finish_job("ns1", "train", "Complete")
+    # the Job lets go at once (its key record goes), but its pods still hold the VNI:
+    # it is quarantined when they are gone (test_lifecycle.py checks the "not before")
+    wait_for(lambda: not cluster.key_records(), what="the Job let go")
+    cluster.delete("Pod", "ns1", "train-0")
+    cluster.delete("Pod", "ns1", "train-1")
     wait_for(lambda: cluster.released() == {v: job["metadata"]["uid"]}, what="release")
     # quarantined: the next job gets another VNI even though v is not held
     job2 = cluster.job("ns1", "next")
@@ -70,9 +75,11 @@ def test_deployment_rollout_keeps_one_vni(cluster):
     cluster.pod_of(rs2, "serve-2-b")
     assert cluster.wait_lookup("ns1", "serve-2-b") == [v]
     assert cluster.wait_lookup("ns1", "serve-1-b") == [v]
-    time.sleep(1.5)  # a resync later, still one VNI, held by the Deployment
+    # (that a resync keeps it so: test_handlers.py, without sleeping)
     assert cluster.allocated() == {dep["metadata"]["uid"]: [v]}
     cluster.delete("Deployment", "ns1", "serve")
+    for pod in ("serve-1-b", "serve-2-a", "serve-2-b"):  # the garbage collector's part
+        cluster.delete("Pod", "ns1", pod)
     wait_for(lambda: cluster.allocated() == {}, what="release on deletion")
 
 
@@ -88,6 +95,7 @@ def test_other_workload_kinds(cluster, kind):
                              {"status": {"state": {"phase": "Completed"}}})
     else:
         cluster.delete(kind, "ns1", "w")
+    cluster.delete("Pod", "ns1", "w-0")
     wait_for(lambda: cluster.allocated() == {}, what="release")
 
 
@@ -105,23 +113,11 @@ def test_bare_pod_and_generic_owner(cluster):
     assert cluster.wait_lookup("ns1", "mpi-1") == [g] and g != v
     cluster.client.patch("/api/v1/namespaces/ns1/pods/solo/status",
                          {"status": {"phase": "Succeeded"}})
+    # (that the owner holds while one of its pods exists: test_handlers.py)
     cluster.delete("Pod", "ns1", "mpi-0")
-    time.sleep(0.5)
-    assert owner["metadata"]["uid"] in cluster.allocated(), "one pod of the owner remains"
     cluster.delete("Pod", "ns1", "mpi-1")
+    cluster.delete("Pod", "ns1", "solo")
     wait_for(lambda: cluster.allocated() == {}, what="both released")
-
-
-def test_unannotated_workloads_get_nothing(cluster):
-    cluster.start_controller()
-    job = cluster.create("Job", "ns1", "plain", template={})
-    cluster.pod_of(job, "plain-0")
-    false = cluster.create("Job", "ns1", "off", annotations={ANN: "false"}, template={ANN: "false"})
-    cluster.pod_of(false, "off-0")
-    time.sleep(1.5)
-    assert cluster.lookup("ns1", "plain-0") == []
-    assert cluster.lookup("ns1", "off-0") == []
-    assert cluster.vnis() == []
 
 
 def test_claim_shared_by_two_jobs(cluster):
@@ -149,6 +145,7 @@ def test_claim_shared_by_two_jobs(cluster):
         what="InUse")
     for j in ("a", "b", "both"):
         cluster.finish_job("ns1", j)
+        cluster.delete("Pod", "ns1", f"{j}-0")
     wait_for(lambda: claim["metadata"]["uid"] in cluster.released().values(), what="claim release")
 
     def claim_gone():
@@ -178,13 +175,8 @@ def test_claims_are_namespace_local_and_foreign_vnis_are_not_granted(cluster):
     wait_for(lambda: (cluster.pod_condition("ns1", "samename-0") or {}).get("reason") == "ClaimNotFound",
              what="ClaimNotFound")
     assert cluster.lookup("ns1", "samename-0") == "notready"
-    # a pod that writes the VNI itself into everything it controls gets nothing
-    cluster.create("Pod", "ns1", "forger", annotations={
-        ANN: str(their_vni), "vni.pycxi.dev/vnis": str(their_vni)},
-        labels={"vni.pycxi.dev/vni-object": f"vni-{their_vni}"})
-    time.sleep(1.5)
-    assert cluster.lookup("ns1", "forger") in ("notready",) or cluster.lookup("ns1", "forger").startswith("error")
-    for pod in ("sneaky-0", "samename-0", "forger"):
+    # (a pod naming the VNI in everything it writes: test_handlers.py)
+    for pod in ("sneaky-0", "samename-0"):
         r = cluster.lookup("ns1", pod)
         assert not (isinstance(r, list) and their_vni in r), (pod, r)
     assert cluster.allocated() == {theirs["metadata"]["uid"]: [their_vni]}
@@ -206,6 +198,7 @@ def test_exhaustion_is_reported_and_retried(cluster):
     # free one: after its quarantine (3 s), the starving job gets it by retrying
     other = next(k for k in range(3) if k != i)
     cluster.finish_job("ns1", f"j{other}")
+    cluster.delete("Pod", "ns1", f"j{other}-0")
     [v] = cluster.wait_lookup("ns1", f"j{i}-0", timeout=30)
     assert v in (3000, 3001)
 
@@ -246,7 +239,9 @@ def test_two_replicas_racing_on_500_jobs_never_share_a_vni(cluster):
     uids = {cluster.job("ns1", f"j{i}")["metadata"]["uid"] for i in range(500)}
     wait_for(lambda: set(cluster.allocated()) >= uids, timeout=120, interval=0.5,
              what="500 allocations")
-    time.sleep(1)  # let losers of a race on the same key clean up
+    # losers of a race on the same key delete their own Vni right after losing
+    wait_for(lambda: all(len(v) == 1 for v in cluster.allocated().values()), timeout=30,
+             what="race losers cleaned up")
     objs = [o for o in cluster.vnis() if not (o.get("status") or {}).get("releasedAt")]
     by_holder: dict = {}
     for o in objs:
@@ -283,39 +278,18 @@ def _lease_holder(cluster):
         return None
 
 
-def test_forged_owner_reference_across_namespaces_gets_nothing(cluster):
-    """ownerReferences are written by the pod's author: a pod in ns2 that claims to
-    belong to a Job (or a generic owner) of ns1 must not get ns1's VNI."""
-    cluster.start_controller()
-    job = cluster.job("ns1", "victim")
-    cluster.pod_of(job, "victim-0")
-    [v] = cluster.wait_lookup("ns1", "victim-0")
-    forged = dict(job, metadata=dict(job["metadata"], namespace="ns2"))
-    cluster.create("Pod", "ns2", "intruder", annotations={ANN: "true"}, owner=forged)
-    owner = {"apiVersion": "example.com/v1", "kind": "MpiJob",
-             "metadata": {"name": "mpi", "uid": "6a0c3e4e-0000-4000-8000-000000000002"}}
-    cluster.create("Pod", "ns1", "mpi-0", annotations={ANN: "true"}, owner=owner)
-    [g] = cluster.wait_lookup("ns1", "mpi-0")
-    cluster.create("Pod", "ns2", "intruder2", annotations={ANN: "true"}, owner=owner)
-    time.sleep(1.5)
-    for pod in ("intruder", "intruder2"):
-        r = cluster.lookup("ns2", pod)
-        assert not (isinstance(r, list) and r), (pod, r)
-    assert sorted(x for vs in cluster.allocated().values() for x in vs) == sorted([v, g])
-
-
-def test_removing_the_annotation_releases_and_withdraws_the_stamp(cluster):
+def test_removing_the_annotation_lets_go_but_the_pods_keep_their_vni(cluster):
     cluster.start_controller()
     dep = cluster.create("Deployment", "ns1", "d", annotations={ANN: "true"}, template={ANN: "true"})
-    pod = cluster.pod_of(dep, "d-0")
+    cluster.pod_of(dep, "d-0")
     [v] = cluster.wait_lookup("ns1", "d-0")
     cluster.client.patch("/apis/apps/v1/namespaces/ns1/deployments/d", {
         "metadata": {"annotations": {ANN: None}},
         "spec": {"template": {"metadata": {"annotations": {ANN: None}}}}})
-    wait_for(lambda: v in cluster.released(), what="release")
-    wait_for(lambda: (cluster.pod_condition("ns1", "d-0") or {}).get("reason") == "Released",
-             what="stamp withdrawn")
-    assert cluster.lookup("ns1", "d-0").startswith("error")
+    wait_for(lambda: not cluster.key_records(), what="the Deployment let go")
+    assert cluster.lookup("ns1", "d-0") == [v], "a grant is never withdrawn"
+    cluster.delete("Pod", "ns1", "d-0")
+    wait_for(lambda: v in cluster.released(), what="release once the pod is gone")
 
 
 def test_api_errors_are_reported_and_retried(cluster, api):

@@ -126,3 +126,29 @@ def test_a_slow_commit_never_keeps_a_vni_the_gc_reclaimed(kubeconfig, client):
     # and end to end: with a tiny orphan age every commit is confirmed
     fast = store(kubeconfig, ranges=[(5000, 5009)], orphan_age=0.0)
     assert fast.acquire("k3") == fast.get("k3")
+
+
+def test_a_vni_held_by_a_pod_is_neither_quarantined_nor_reused(kubeconfig, client):
+    """drop() only lets the key go; settle()/gc() quarantine and free a VNI only when
+    no pod holds it, and the allocator never reuses one a pod holds (``in_use``)."""
+    clock = Clock()
+    pods = {3000}  # what the controller's pod index says
+    s = store(kubeconfig, ranges=[(3000, 3000)], quarantine=5, clock=clock, orphan_age=0.0,
+              in_use=lambda v: v in pods)
+    assert s.acquire("a") == 3000
+    assert s.drop("a") == 3000 and s.drop("a") is None
+    assert s.get("a") is None
+    [(view, _)] = s.views()
+    assert (view.vni, view.committed, view.released_at) == (3000, False, None)
+    assert s.gc(held={3000}) == 0, "drained but held: stays allocated"
+    assert not (client.get(VNIS + "/vni-3000").get("status") or {}).get("releasedAt")
+    with pytest.raises(VniExhausted):
+        s.acquire("b")
+    assert s.gc(held=set()) == 1  # the pod is gone: quarantined
+    clock.t += 10
+    assert s.gc(held={3000}) == 0, "a late holder keeps the expired quarantine"
+    with pytest.raises(VniExhausted):
+        s.acquire("b")  # nor does the allocator delete it for reuse
+    pods.clear()
+    assert s.acquire("b") == 3000
+    assert s.settle(3000) is False, "committed to b: not drained"

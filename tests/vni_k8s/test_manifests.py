@@ -123,6 +123,7 @@ def test_objects_the_code_writes_match_the_crds(cluster):
     cluster.pod_of(job, "j-0")
     cluster.wait_lookup("ns1", "j-0")
     cluster.finish_job("ns1", "j")
+    cluster.delete("Pod", "ns1", "j-0")  # a released Vni needs its pods gone
     deadline = time.monotonic() + 20
     while not cluster.released() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -163,3 +163,24 @@ def test_e2e_script_is_valid_bash_and_documented_as_not_run_here():
         pytest.skip("no bash")
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_kopf_logs_in_with_our_kubeconfig(tmp_path):
+    """One configuration and authentication path: kopf's credentials are derived from
+    the same KubeConfig as the controller's own client."""
+    from pycxi.vni.controller import connection_info
+
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    kc = tmp_path / "kc.json"
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://10.0.0.1:6443",
+                                               "certificate-authority-data":
+                                               base64.b64encode(pem.encode()).decode()}}],
+        "users": [{"name": "u", "user": {"token": "s3cret"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "sys"}}]}))
+    info = connection_info(KubeConfig.load(str(kc)))
+    assert info.server == "https://10.0.0.1:6443" and info.token == "s3cret"
+    assert info.scheme == "Bearer" and info.default_namespace == "sys"
+    assert info.ca_data == pem.encode() and info.ca_path is None
+    assert info.certificate_path is None and info.certificate_data is None
