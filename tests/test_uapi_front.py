@@ -130,7 +130,9 @@ def test_cxi_service_creates_lists_deletes_and_pycxi_agrees(fronts, sim_env, tmp
     assert r.returncode == 0, r.stderr
     theirs = _parse_cxi_service_list(r.stdout)
     assert set(theirs) == set(ours)
-    assert theirs[sid]["vnis"] == [2042, 2043]
+    # 12.0.2's cxi_service stores the VNIs but leaves restricted_vnis unset (it lists "All")
+    assert ours[sid]["restricted_vnis"] is (name != "12.0.2")
+    assert theirs[sid]["vnis"] == ([2042, 2043] if ours[sid]["restricted_vnis"] else [])
     assert theirs[sid]["members"] == {("uid", 1234), ("gid", 4321)}
     assert theirs[sid]["enabled"] is ours[sid]["enabled"] is True
     r = _hpe(fronts, name, sim_env, tool, "delete", "-s", str(sid))
