@@ -3,7 +3,7 @@
  * pycxi software CXI device.
  *
  * Implements the libcxi service API (include/libcxi/libcxi.h) with the rules
- * of the Cassini driver as described in cxi-svc-semantics.md: SHS 13.1
+ * of the Cassini driver (docs/library.md, "The software CXI device"): SHS 13.1
  * behaviour plus network-namespace support, both as a NET_NS descriptor
  * member (patched 12/13.x flavour) and through set_netns (SHS 14 flavour).
  *

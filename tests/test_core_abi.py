@@ -1,5 +1,5 @@
 """ABI: our headers' struct sizes and offsets against the reference table
-(cxi-svc-semantics.md §a.2, x86_64 LP64), checked by compiling a probe with the
+(upstream's cxi-abi.h/libcxi.h on x86_64 LP64), checked by compiling a probe with the
 same compiler flags the extension uses, and through the bytes SvcDesc hands to C."""
 import json
 import os

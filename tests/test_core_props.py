@@ -1,5 +1,5 @@
 """Property tests: random raw descriptors are accepted by the software device exactly
-when the reference rules (cxi-svc-semantics.md b.2) accept them, with the same errno.
+when the driver's allocation rules (cass_svc.c, as docs/library.md describes) accept them, with the same errno.
 The model below is written from the reference text, independently of src/sim.c."""
 import errno
 

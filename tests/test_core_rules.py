@@ -1,4 +1,4 @@
-"""The driver's service rules, as the reference states them (cxi-svc-semantics.md §b),
+"""The driver's service rules, as the driver implements them (cass_svc.c; docs/library.md),
 against the software CXI device.  Each test names the rule it checks."""
 import errno
 

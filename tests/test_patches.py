@@ -3,9 +3,9 @@
 Without network access: every patch is a ``git format-patch`` mail with a subject, a
 description and our sign-off, touches the files its component needs, and the diffs add
 ``CXI_SVC_MEMBER_NET_NS`` (= 3, after GID), the ``netns`` union member and, for 13.1, the
-ops 84/85 with the SHS 14.0 command layouts (cxi-svc-semantics.md §a.1/a.2). The 13.1
+ops 84/85 with the SHS 14.0 command layouts (upstream's 14.0 cxi-abi.h). The 13.1
 driver series continues with 0003, which lets two exact-VNI RX/TX profiles overlap (the rule
-of upstream fd6adba, §a.4), so that several pods of one job can each have a service on the
+of upstream fd6adba), so that several pods of one job can each have a service on the
 job's VNI on one node, and ends with 0004, which makes C_PID_ANY skip the PIDs that domains
 of any profile use on the VNI (and clears the chosen PID on failure), and 0005, which gives
 the implicit exact-VNI profile (cxi_dev_get_rx/tx_profile) only to root in the initial network

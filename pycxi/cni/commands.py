@@ -4,7 +4,7 @@ Each ``cmd_*`` takes the parsed :class:`~pycxi.cni.config.NetConf`, the environm
 logger, and returns the result dict to print (ADD) or None.  Errors are raised as
 :class:`~pycxi.cni.errors.CniError` (or any exception, translated by the dispatcher).
 
-Invariant (design.md #3): every service this plugin creates is recorded under its
+Invariant: every service this plugin creates is recorded under its
 (containerID, ifname) -- as an ID, or as an *intent* from which it can be found again -- or is
 destroyed before ADD returns; DEL and GC leave no service and no record behind.
 """

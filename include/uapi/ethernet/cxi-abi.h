@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * pycxi: the service subset of the Cassini user ABI, written from the
- * behavioural contract (docs: cxi-svc-semantics.md §a).  Layouts are
- * byte-identical to upstream cxi-abi.h on LP64; tests/test_abi.py checks
+ * driver's user ABI (docs/library.md, "The software CXI device").  Layouts are
+ * byte-identical to upstream cxi-abi.h on LP64; tests/test_core_abi.py checks
  * every offset.  Installed as <uapi/ethernet/cxi-abi.h> like upstream.
  */
 #ifndef PYCXI_UAPI_CXI_ABI_H
