@@ -99,6 +99,8 @@ def _config():
     if _compiles("int f(struct cxi_svc_desc *d){d->members[0].svc_member.netns=1;"
                  "d->members[0].type=CXI_SVC_MEMBER_NET_NS;return 0;}\n", incs, libdirs, libs, False):
         macros.append(("PYCXI_HAVE_MEMBER_NETNS", "1"))
+    if _compiles("enum cxi_trig_cp t = ANY_LCID;\n", incs, libdirs, libs, False):
+        macros.append(("PYCXI_HAVE_TRIG_CP", "1"))     # SHS 13.1 and later
     sys.stderr.write(f"pycxi build: libcxi backend, netns support: "
                      f"{[m for m, _ in macros] or 'none'}\n")
     return dict(include_dirs=incs + [pkg], define_macros=macros, sources=[], libraries=libs,

@@ -108,6 +108,23 @@ extern int cxil_svc_get_vni_range(struct cxil_dev *dev, unsigned int svc_id,
 #else
 #define PYCXI_IF_ABSENT(fn) do { } while (0)
 #endif
+#if !defined(PYCXI_BACKEND_SIM) && !defined(PYCXI_HAVE_TRIG_CP)
+/*
+ * SHS 12.0.x's libcxi has no triggered CPs: the enum as 13.1 defines it, and the ANY_LCID case
+ * (what cxil_alloc_cp is on 13.1 and later) through cxil_alloc_cp; the others -EOPNOTSUPP.
+ */
+enum cxi_trig_cp { TRIG_LCID, NON_TRIG_LCID, ANY_LCID };
+static inline int cxil_alloc_trig_cp(struct cxil_lni *lni, unsigned int vni,
+				     enum cxi_traffic_class tc,
+				     enum cxi_traffic_class_type tc_type,
+				     enum cxi_trig_cp cp_type, struct cxi_cp **cp)
+{
+	if (cp_type != ANY_LCID)
+		return -EOPNOTSUPP;
+	return cxil_alloc_cp(lni, vni, tc, tc_type, cp);
+}
+#endif
+
 static inline int pycxi_x_svc_enable(struct cxil_dev *d, unsigned int s, bool e)
 {
 	PYCXI_IF_ABSENT(cxil_svc_enable);

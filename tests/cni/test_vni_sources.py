@@ -3,11 +3,13 @@ the pod, status condition written by the controller) > none."""
 import json
 import os
 import threading
+import subprocess
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cniutil import index_links, PREV, count_services, cxi_conf, plugin_call, records, services, sim_reset
+from cniutil import (index_links, PREV, count_services, cxi_conf, netns_mounts_under, plugin_call,
+                     records, services, sim_reset)
 
 COND = "vni.pycxi.dev/Allocated"
 
@@ -432,6 +434,8 @@ def test_gc_drops_holders_the_runtime_no_longer_knows(cni_env, netns):
     v2, _ = _held(cni_env, "pod/g2")
     # what a reboot does to the services and to /run
     assert sim_reset(2, dict(os.environ)).returncode == 0
+    for m in reversed(netns_mounts_under(cni_env.data_dir)):      # the netns pins go too
+        subprocess.run(["umount", m], check=True)
     shutil.rmtree(cni_env.data_dir)
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "g2", "ifname": "eth0"}]})
     rc, out, _ = plugin_call(cni_env, "GC", gc)
