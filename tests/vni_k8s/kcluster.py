@@ -155,8 +155,16 @@ class Cluster:
             return f"error: {e}"
 
     def wait_lookup(self, ns: str, pod: str, timeout: float = 30.0):
-        return wait_for(lambda: (lambda r: r if isinstance(r, list) and r else None)(
-            self.lookup(ns, pod)), timeout, what=f"VNI for pod {ns}/{pod}")
+        try:
+            return wait_for(lambda: (lambda r: r if isinstance(r, list) and r else None)(
+                self.lookup(ns, pod)), timeout, what=f"VNI for pod {ns}/{pod}")
+        except AssertionError as e:
+            # what the controllers said, and whether they still run: a timeout alone says little
+            logs = "".join(f"\n--- {f.name} (tail)\n" + f.read_text(errors="replace")[-3000:]
+                           for f in sorted(self.tmp.glob("*.log")))
+            alive = [(p.args[-1], p.poll()) for p in self.procs]
+            raise AssertionError(f"{e}; last lookup: {self.lookup(ns, pod)!r}; "
+                                 f"controllers (last arg, exit code): {alive}{logs}") from None
 
     def pod_condition(self, ns: str, pod: str):
         for c in (self.get("Pod", ns, pod).get("status") or {}).get("conditions") or ():
