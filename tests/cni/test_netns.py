@@ -247,7 +247,7 @@ def test_reused_netns_inode_reclaims_stale_record(cni_env, netns):
 
 def test_plugin_import_set(cni_env, netns):
     """The hot path imports only the standard library and pycxi (no logging, asyncio, sqlite3,
-    http, yaml, kubernetes, dataclasses)."""
+    http, yaml, kubernetes, dataclasses, typing)."""
     pod = netns.add()
     c = dict(cxi_conf(cni_env, vnis=[1900]), cniVersion="1.0.0", name="n1", prevResult=PREV)
     env = dict(os.environ, **cni_env.env, CNI_COMMAND="ADD", CNI_CONTAINERID="imp", CNI_IFNAME="eth0",
@@ -258,7 +258,7 @@ def test_plugin_import_set(cni_env, netns):
     mods = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "import time:" in line}
     bad = {m for m in mods if m.split(".")[0] in (
         "logging", "asyncio", "sqlite3", "http", "urllib", "yaml", "kubernetes", "kopf",
-        "dataclasses", "ssl") or m == "pycxi.vni" or m.startswith("pycxi.vni.")}
+        "dataclasses", "ssl", "typing") or m == "pycxi.vni" or m.startswith("pycxi.vni.")}
     assert not bad, bad
     assert plugin_call(cni_env, "DEL", c, cid="imp")[0] == 0
 
