@@ -94,17 +94,24 @@ def libcxi_prefix(name: str) -> str:
         return prefix
 
 
-def pycxi_tree(name: str, prefix: str, dst: str, tests=()) -> str:
-    """A copy of pycxi (no include/ or src/: only the installed libcxi can provide the headers
-    and the implementation) built against ``prefix``, with ``tests`` beside it."""
+def copy_tree(dst: str, tests=()) -> str:
+    """What setup.py and ``tests`` need: never include/ or src/, so that nothing but the
+    installed libcxi can provide the headers and the implementation."""
     os.makedirs(dst)
     for f in ("setup.py", "pyproject.toml"):
         shutil.copy2(os.path.join(REPO, f), dst)
+    # copy2 keeps mtimes, so cythonize reuses up-to-date generated .c files
     shutil.copytree(os.path.join(REPO, "pycxi"), os.path.join(dst, "pycxi"),
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     os.makedirs(os.path.join(dst, "tests"))
     for f in ("conftest.py", "coreutil.py", *[os.path.basename(t) for t in tests]):
         shutil.copy2(os.path.join(REPO, "tests", f), os.path.join(dst, "tests", f))
+    return dst
+
+
+def pycxi_tree(name: str, prefix: str, dst: str, tests=()) -> str:
+    """:func:`copy_tree`, built against ``prefix``."""
+    copy_tree(dst, tests)
     r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=dst,
                        capture_output=True, text=True, timeout=600,
                        env=clean_env(PKG_CONFIG_PATH=os.path.join(prefix, "lib", "pkgconfig"),

@@ -137,24 +137,10 @@ def install_libcxi(prefix, flavour):
 
 
 def copy_tree(dst):
-    """What setup.py and the core tests need: never include/ or src/, so that nothing
-    but the installed libcxi can provide the headers and the implementation."""
-    os.makedirs(dst)
-    for f in ("setup.py", "pyproject.toml"):
-        shutil.copy2(os.path.join(REPO, f), dst)
-    # copy2 keeps mtimes, so cythonize reuses up-to-date generated .c files
-    shutil.copytree(os.path.join(REPO, "pycxi"), os.path.join(dst, "pycxi"),
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    os.makedirs(os.path.join(dst, "tests"))
-    for f in ("conftest.py", "coreutil.py", *[os.path.basename(t) for t in CORE_TESTS]):
-        shutil.copy2(os.path.join(REPO, "tests", f), os.path.join(dst, "tests", f))
+    hpe_libcxi.copy_tree(dst, CORE_TESTS)
 
 
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYCXI_", "PKG_CONFIG")) and k not in ("PYTHONPATH", "CFLAGS")}
-    env.update(extra)
-    return env
+clean_env = hpe_libcxi.clean_env
 
 
 @pytest.fixture(scope="module")
