@@ -66,15 +66,20 @@ def _peak_rss_mib(pid: int) -> Optional[float]:
     return None
 
 
-def _vnis(srv) -> List[dict]:
-    """The Vni objects, read from the fake's memory (no request)."""
-    for _ in range(20):
-        try:
-            return [o.raw for (res, _ns, _n), o in list(srv.kube.objects.items())
-                    if getattr(res, "plural", None) == "vnis" and not o.deleted]
-        except RuntimeError:  # changed during iteration: the fake's thread wrote
-            time.sleep(0.01)
-    raise RuntimeError("cannot snapshot the fake's objects")
+def _requests_by_verb(srv, start: int = 0, end: Optional[int] = None) -> Dict[str, int]:
+    """API requests served in [start, end), by client, method and resource: what each
+    phase cost the API server ("ctl": the controller's own client, "kopf": its watches,
+    "bench": this script's creates and deletes)."""
+    counts: Dict[str, int] = {}
+    for r in list(srv.kube._requests[start:end]):
+        ua = (r.headers or {}).get("User-Agent", "")
+        who = "ctl" if ua.startswith("pycxi-vni-controller") else "bench" if ua.startswith("pycxi") else "kopf"
+        what = r.resource.plural if r.resource is not None else r.url.path
+        if r.subresource:
+            what += "/" + r.subresource
+        k = f"{who} {r.method.value.upper()} {what}"
+        counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _stats(lat: List[float]) -> Dict[str, Optional[float]]:
@@ -92,6 +97,51 @@ def _parallel(fn, items: List[int], threads: int) -> None:
         t.join()
 
 
+def load(kubeconfig: str, op: str, jobs: int, threads: int) -> None:
+    """The load generator, in a process of its own (``--load``): in the API server's
+    process its threads would compete with it for the GIL, which no real client does.
+    Prints "ready", waits for a line on stdin, then creates or deletes the Jobs and
+    prints {name: time the request returned} as JSON."""
+    from pycxi.vni.kube import KubeClient, KubeConfig
+
+    client = KubeClient(KubeConfig.load(kubeconfig), timeout=60)
+    done: Dict[str, float] = {}
+
+    def create(i: int) -> None:
+        client.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
+                             "metadata": {"name": f"job-{i}", "annotations": ANN},
+                             "spec": {"template": {"metadata": {"annotations": ANN}}}})
+        done[f"job-{i}"] = time.time()
+
+    def delete(i: int) -> None:
+        client.delete(f"{JOBS}/job-{i}")
+        done[f"job-{i}"] = time.time()
+
+    print("ready", flush=True)
+    sys.stdin.readline()
+    _parallel(create if op == "create" else delete, list(range(jobs)), threads)
+    print(json.dumps(done), flush=True)
+
+
+class _Load:
+    """A started load generator, waiting for :meth:`go`."""
+
+    def __init__(self, kubeconfig: str, op: str, jobs: int, threads: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--load", op, "--kubeconfig", kubeconfig,
+             "--jobs", str(jobs), "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("load generator did not start")
+
+    def go(self) -> Dict[str, float]:
+        out, _ = self.proc.communicate("go\n")
+        if self.proc.returncode:
+            raise RuntimeError(f"load generator failed ({self.proc.returncode})")
+        return json.loads(out)
+
+
 def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, object]:
     from fakeapi import FakeApiServer, write_kubeconfig
 
@@ -100,12 +150,24 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
 
     tmp = tempfile.mkdtemp(prefix="bench-vni-")
     procs: List[subprocess.Popen] = []
+    vnis: Dict[str, dict] = {}  # the Vni objects, kept by the fake's listener (no polling)
+
+    def follow(plural: str, obj: Optional[dict], name: str) -> None:
+        if plural == "vnis":
+            if obj is None:
+                vnis.pop(name, None)
+            else:
+                vnis[name] = obj
+
     with FakeApiServer() as srv:
+        assert srv.kube is not None
+        srv.kube.listeners.append(follow)
         kc = write_kubeconfig(os.path.join(tmp, "kubeconfig.json"), srv.url)
         client = KubeClient(KubeConfig.load(kc), timeout=60)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         me, fake_tid = os.getpid(), srv._thread.native_id
         try:
+            t_started = time.monotonic()
             for r in range(replicas):
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "pycxi.vni.controller", "--kubeconfig", kc,
@@ -117,11 +179,15 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
             client.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
                                  "metadata": {"name": "probe", "annotations": ANN}})
             t_ready = time.monotonic() + 120
-            while not _vnis(srv):
+            while not vnis:
                 if time.monotonic() > t_ready:
                     raise RuntimeError("controller did not start")
                 time.sleep(0.05)
             client.delete(JOBS + "/probe")
+            # A Job created within 2 s of the controller's start may predate it, and its key
+            # record is looked up first (KubeStore.acquire_new(probably_new=)); creation
+            # times have whole seconds.  Measure a running controller, not a starting one.
+            time.sleep(max(0.0, t_started + 3.5 - time.monotonic()))
 
             def cpu() -> Dict[str, float]:
                 return {"fake": _cpu(me, fake_tid), "ctl": sum(_cpu(p.pid) for p in procs)}
@@ -129,45 +195,34 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
             def wait(pred, phase: str) -> List[dict]:
                 deadline = time.monotonic() + timeout
                 while True:
-                    objs = [o for o in _vnis(srv)
+                    objs = [o for o in list(vnis.values())
                             if o["spec"].get("holder", {}).get("name", "").startswith("job-")]
                     if pred(objs) or time.monotonic() > deadline:
                         return objs
                     time.sleep(0.1)
 
             # -- allocation: all Jobs at once --
-            created: Dict[str, float] = {}
-
-            def create(i: int) -> None:
-                client.create(JOBS, {"apiVersion": "batch/v1", "kind": "Job",
-                                     "metadata": {"name": f"job-{i}", "annotations": ANN},
-                                     "spec": {"template": {"metadata": {"annotations": ANN}}}})
-                created[f"job-{i}"] = time.time()
-
-            c0, t0 = cpu(), time.time()
-            _parallel(create, list(range(jobs)), threads)
+            gen = _Load(kc, "create", jobs, threads)
+            c0, t0, r0 = cpu(), time.time(), len(srv.kube._requests)
+            created = gen.go()
             t_created = time.time()
             objs = wait(lambda objs: len(objs) >= jobs, "allocation")
-            c1, t1 = cpu(), time.time()
+            c1, t1, r1 = cpu(), time.time(), len(srv.kube._requests)
             alloc = {o["spec"]["holder"]["name"]: parse_time(o["spec"].get("allocatedAt")) or 0.0
                      for o in objs}
             lat = [alloc[n] - created[n] for n in alloc if n in created]
             holders = [o["spec"]["holder"]["uid"] for o in objs]
-            vnis = [o["spec"]["vni"] for o in objs]
-            unique = len(set(vnis)) == len(vnis) and len(set(holders)) == len(holders)
+            numbers = [o["spec"]["vni"] for o in objs]
+            unique = len(set(numbers)) == len(numbers) and len(set(holders)) == len(holders)
 
             # -- release: all Jobs deleted at once --
-            deleted: Dict[str, float] = {}
-
-            def delete(i: int) -> None:
-                client.delete(f"{JOBS}/job-{i}")
-                deleted[f"job-{i}"] = time.time()
-
-            _parallel(delete, list(range(jobs)), threads)
+            gen = _Load(kc, "delete", jobs, threads)
+            t_del0 = time.time()
+            deleted = gen.go()
             t_deleted = time.time()
-            objs = wait(lambda objs: all((o.get("status") or {}).get("releasedAt") for o in objs),
-                        "release")
-            c2, t2 = cpu(), time.time()
+            objs = wait(lambda objs: len(objs) >= jobs and all(
+                (o.get("status") or {}).get("releasedAt") for o in objs), "release")
+            c2, t2, r2 = cpu(), time.time(), len(srv.kube._requests)
             rel = {o["spec"]["holder"]["name"]: parse_time(o["status"]["releasedAt"])
                    for o in objs if (o.get("status") or {}).get("releasedAt")}
             rlat = [rel[n] - deleted[n] for n in rel if n in deleted]
@@ -183,13 +238,17 @@ def run(jobs: int, replicas: int, threads: int, timeout: float) -> Dict[str, obj
                 if alloc else None,
                 "allocation_phase": {"wall_seconds": round(t1 - t0, 3),
                                      "fake_api_cpu_seconds": round(c1["fake"] - c0["fake"], 2),
-                                     "controller_cpu_seconds": round(c1["ctl"] - c0["ctl"], 2)},
+                                     "controller_cpu_seconds": round(c1["ctl"] - c0["ctl"], 2),
+                                     "api_requests": r1 - r0,
+                                     "api_requests_by_verb": _requests_by_verb(srv, r0, r1)},
                 "released": len(rel),
-                "delete_seconds": round(t_deleted - t1, 3),
+                "delete_seconds": round(t_deleted - t_del0, 3),
                 **{f"release_latency_{k}": v for k, v in _stats(rlat).items()},
                 "release_phase": {"wall_seconds": round(t2 - t1, 3),
                                   "fake_api_cpu_seconds": round(c2["fake"] - c1["fake"], 2),
-                                  "controller_cpu_seconds": round(c2["ctl"] - c1["ctl"], 2)},
+                                  "controller_cpu_seconds": round(c2["ctl"] - c1["ctl"], 2),
+                                  "api_requests": r2 - r1,
+                                  "api_requests_by_verb": _requests_by_verb(srv, r1, r2)},
                 "controller_peak_rss_mib": peak[0] if replicas == 1 else peak,
                 "api_requests": len(srv.kube._requests) if srv.kube else None,
                 "api_server": "kmock 0.8 emulator (tests/vni_k8s/fakeapi.py), in-process thread",
@@ -215,7 +274,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--threads", type=int, default=8, help="concurrent creators")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--load", choices=("create", "delete"), help=argparse.SUPPRESS)
+    ap.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.load:
+        load(args.kubeconfig, args.load, args.jobs, args.threads)
+        return 0
     jobs = args.jobs or (200 if args.quick else 1000)
     result = run(jobs, args.replicas, args.threads, args.timeout)
     print(json.dumps(result, indent=2))

@@ -32,8 +32,11 @@ whose two creates took longer than ``orphan_age``/3 confirms its ``Vni`` with th
 version it created, so it and the gc cannot both win.
 
 Requests: acquire of a held key 1 (GET record); a new allocation 3 (GET, create Vni,
-create record) plus one 409 per race lost to another handle (threads of one handle do
-not race each other); release 3.
+create record; 2 with ``probably_new``) plus one 409 per race lost to another handle
+(threads of one handle do not race each other).  Release by the handle that allocated:
+2 (DELETE the record with the uid it created, quarantine the Vni with the
+resourceVersion it created: both preconditioned, so a record or Vni replaced meanwhile
+is a 409 and is looked up -- 4 requests, as for any other handle).
 """
 from __future__ import annotations
 
@@ -96,12 +99,14 @@ def parse_time(s: Any) -> Optional[float]:
 
 
 class _Seen:
-    """What this handle last saw of one ``Vni`` object."""
-    __slots__ = ("state", "released", "uid", "rv")
+    """What this handle last saw of one ``Vni`` object (``key``: set for the ones it
+    created, whose version ``rv`` it knows)."""
+    __slots__ = ("state", "released", "uid", "rv", "key")
 
     def __init__(self, state: str, released: Optional[float] = None,
-                 uid: Optional[str] = None, rv: Optional[str] = None) -> None:
-        self.state, self.released, self.uid, self.rv = state, released, uid, rv
+                 uid: Optional[str] = None, rv: Optional[str] = None,
+                 key: Optional[str] = None) -> None:
+        self.state, self.released, self.uid, self.rv, self.key = state, released, uid, rv, key
 
 
 class _Held:
@@ -155,6 +160,9 @@ class KubeStore(VniStore):
         self.client = client or KubeClient(KubeConfig.load(kubeconfig), timeout=timeout)
         self.namespace = namespace
         self._seen: Optional[Dict[int, _Seen]] = None
+        #: key -> (uid, VNI) of key records this handle created: records are never
+        #: modified, so a delete preconditioned on that uid needs no look-up first
+        self._records: Dict[str, Tuple[str, int]] = {}
         self._cursor: Optional[int] = None
         self._lock = threading.RLock()
         self._closed = False
@@ -224,6 +232,12 @@ class KubeStore(VniStore):
                 continue
             if time.monotonic() - t0 > self.orphan_age / 3 and not self._confirm(v, obj, record):
                 continue  # too slow: gc took our Vni for an orphan; allocate anew
+            uid = (record.get("metadata") or {}).get("uid")
+            if uid:
+                with self._lock:
+                    if len(self._records) >= 1 << 16:  # keys let go by other handles
+                        self._records.clear()  # (a cache: forgetting costs a look-up)
+                    self._records[key] = (uid, v)
             return v, True
         raise VniApiError(f"could not settle the allocation of {key!r}")
 
@@ -250,26 +264,47 @@ class KubeStore(VniStore):
 
     def release(self, key: str) -> bool:
         key = self._check_key(key)
+        v = self._take_record(key)
+        if v is None:
+            return False  # no record, or another handle released it first
+        # From here the key holds nothing.  A crash before the next step leaves an
+        # allocated Vni without a record: gc() quarantines it after ORPHAN_AGE.
+        if v >= 0:
+            self._quarantine(v, self.clock(), dropped=key)
+        return True
+
+    def _take_record(self, key: str) -> Optional[int]:
+        """Delete ``key``'s record, exactly the version read (a uid precondition): returns
+        the VNI it pointed to (-1: none), None if there was no record or another handle
+        deleted it first.  A record this handle created is deleted without a look-up
+        (records are never modified; a 409 means it is another one: look it up)."""
         name = self._record_name(key)
+        with self._lock:
+            known = self._records.pop(key, None)
+        if known is not None:
+            try:
+                self._call(self.client.delete, self._lease_path(name), uid=known[0])
+                return known[1]
+            except KubeError as e:
+                if e.status not in (404, 409):
+                    raise VniApiError(str(e)) from e
+                if e.not_found:
+                    return None
         try:
             record = self._call(self.client.get, self._lease_path(name))
         except KubeError as e:
             if e.not_found:
-                return False
+                return None
             raise VniApiError(str(e)) from e
         h = (record.get("spec") or {}).get("holderIdentity") or ""
-        md = record.get("metadata") or {}
         try:
-            self._call(self.client.delete, self._lease_path(name), uid=md.get("uid"))
+            self._call(self.client.delete, self._lease_path(name),
+                       uid=(record.get("metadata") or {}).get("uid"))
         except KubeError as e:
             if e.status in (404, 409):
-                return False  # another handle released it first
+                return None
             raise VniApiError(str(e)) from e
-        # From here the key holds nothing.  A crash before the next step leaves an
-        # allocated Vni without a record: gc() quarantines it after ORPHAN_AGE.
-        if h.startswith("vni-") and h[4:].isdigit():
-            self._quarantine(int(h[4:]), self.clock())
-        return True
+        return int(h[4:]) if h.startswith("vni-") and h[4:].isdigit() else -1
 
     def get(self, key: str) -> Optional[int]:
         key = self._check_key(key)
@@ -384,28 +419,17 @@ class KubeStore(VniStore):
         its VNI, but the ``Vni`` object stays allocated (draining) until
         :meth:`settle` or :meth:`gc` finds no pod holding it.  Returns the VNI the
         record pointed to (None: no record, or another handle dropped it first)."""
-        key = self._check_key(key)
-        name = self._record_name(key)
-        try:
-            record = self._call(self.client.get, self._lease_path(name))
-        except KubeError as e:
-            if e.not_found:
-                return None
-            raise VniApiError(str(e)) from e
-        h = (record.get("spec") or {}).get("holderIdentity") or ""
-        try:
-            self._call(self.client.delete, self._lease_path(name),
-                       uid=(record.get("metadata") or {}).get("uid"))
-        except KubeError as e:
-            if e.status in (404, 409):
-                return None
-            raise VniApiError(str(e)) from e
-        return int(h[4:]) if h.startswith("vni-") and h[4:].isdigit() else None
+        v = self._take_record(self._check_key(key))
+        return None if v is None or v < 0 else v
 
     def settle(self, v: int, dropped: Optional[str] = None) -> bool:
         """Quarantine ``vni-<v>`` if it is allocated and no key record points to it (a
         drained VNI).  The caller has checked that no existing pod holds it.
         ``dropped``: the key whose record the caller has just deleted (no need to look)."""
+        if dropped is not None:
+            fast = self._quarantine_mine(v, dropped)
+            if fast is not None:
+                return fast
         try:
             o = self._call(self.client.get, self._vni_path(v))
         except KubeError as e:
@@ -454,10 +478,34 @@ class KubeStore(VniStore):
         return Allocation(str(spec.get("key", "")), v, STATE_ALLOCATED,
                           since if since is not None else 0.0, spec.get("owner"))
 
+    def _quarantine_mine(self, v: int, key: str) -> Optional[bool]:
+        """Quarantine ``vni-<v>`` if it is still exactly the version this handle created
+        for ``key`` (a resourceVersion precondition: then it is allocated to ``key`` and
+        nothing has touched it).  None: not known, or changed -- look it up."""
+        with self._lock:
+            st = self._seen.get(v) if self._seen is not None else None
+            rv = st.rv if st is not None and st.key == key and st.state == STATE_ALLOCATED else None
+        if not rv:
+            return None
+        try:
+            return self._patch_released(v, self.clock(), rv)
+        except KubeError as e:
+            if e.not_found:
+                return False
+            if e.conflict:
+                return None
+            raise VniApiError(str(e)) from e
+
     def _quarantine(self, v: int, now: float, rv: Optional[str] = None,
-                    uid: Optional[str] = None) -> bool:
+                    uid: Optional[str] = None, dropped: Optional[str] = None) -> bool:
         """Release ``vni-<v>`` into quarantine; with ``rv``, only that very version (a 409
-        means it changed: left alone); with ``uid``, only that object."""
+        means it changed: left alone); with ``uid``, only that object; with ``dropped``
+        (the key whose record the caller deleted): the version this handle created for
+        that key if it is unchanged, else the current one."""
+        if dropped is not None and not rv and not uid:
+            fast = self._quarantine_mine(v, dropped)
+            if fast is not None:
+                return fast
         if uid and not rv:
             try:
                 cur = self._call(self.client.get, self._vni_path(v))
@@ -468,17 +516,21 @@ class KubeStore(VniStore):
             if (cur.get("metadata") or {}).get("uid") != uid:
                 return False
             rv = (cur.get("metadata") or {}).get("resourceVersion")
-        body: Dict[str, Any] = {"metadata": {"resourceVersion": rv}} if rv else {}
         try:
-            o = self._call(self.client.patch, self._vni_path(v, "status"), {**body, "status": {
-                "releasedAt": format_time(now),
-                "conditions": [{"type": "Ready", "status": "False", "reason": "Quarantined",
-                                "message": f"released; reusable after {self.quarantine:g} s",
-                                "lastTransitionTime": format_time(time.time())}]}})
+            return self._patch_released(v, now, rv)
         except KubeError as e:
             if e.not_found or (rv and e.conflict):
                 return False
             raise VniApiError(str(e)) from e
+
+    def _patch_released(self, v: int, now: float, rv: Optional[str]) -> bool:
+        """The quarantining write (raises KubeError on 404/409)."""
+        body: Dict[str, Any] = {"metadata": {"resourceVersion": rv}} if rv else {}
+        o = self._call(self.client.patch, self._vni_path(v, "status"), {**body, "status": {
+            "releasedAt": format_time(now),
+            "conditions": [{"type": "Ready", "status": "False", "reason": "Quarantined",
+                            "message": f"released; reusable after {self.quarantine:g} s",
+                            "lastTransitionTime": format_time(time.time())}]}})
         md = o.get("metadata") or {}
         with self._lock:
             if self._seen is not None:
@@ -577,7 +629,7 @@ class KubeStore(VniStore):
                     continue
                 with self._lock:
                     seen[v] = _Seen(STATE_ALLOCATED, None, obj["metadata"].get("uid"),
-                                    obj["metadata"].get("resourceVersion"))
+                                    obj["metadata"].get("resourceVersion"), key)
                 return v, obj
         with self._lock:
             seen = dict(seen)

@@ -152,3 +152,49 @@ def test_a_vni_held_by_a_pod_is_neither_quarantined_nor_reused(kubeconfig, clien
     pods.clear()
     assert s.acquire("b") == 3000
     assert s.settle(3000) is False, "committed to b: not drained"
+
+
+def test_release_takes_two_requests_and_stale_knowledge_is_never_trusted(api, kubeconfig, client):
+    """A key's release by the handle that allocated it: one preconditioned DELETE of the
+    record, one preconditioned quarantine of the Vni (no look-ups).  When another handle
+    has meanwhile replaced the record or the Vni, the preconditions fail and the handle
+    looks them up: it never drops a record or quarantines a Vni it has not read."""
+    clock = Clock()
+    a = store(kubeconfig, ranges=[(6000, 6000)], quarantine=5, clock=clock, orphan_age=60)
+    b = store(kubeconfig, ranges=[(6000, 6000)], quarantine=5, clock=clock, orphan_age=60)
+    assert a.acquire_new("k", probably_new=True) == (6000, True)
+    n = len(api.kube._requests)
+    assert a.drop("k") == 6000
+    assert a.settle(6000, dropped="k") is True
+    assert [(r.method.value.upper(), r.resource.plural, r.subresource)
+            for r in api.kube._requests[n:]] == [("DELETE", "leases", None),
+                                                   ("PATCH", "vnis", "status")]
+    assert client.get(VNIS + "/vni-6000")["status"]["releasedAt"]
+
+    # a allocates again; b releases the key and a third key gets the same VNI anew
+    clock.t += 5
+    assert a.acquire("k") == 6000
+    assert b.release("k") is True
+    clock.t += 5
+    assert b.acquire("other") == 6000  # b deleted the expired Vni and created its own
+    assert a.drop("k") is None, "a's record was deleted: nothing to drop"
+    assert a.settle(6000, dropped="k") is False, "vni-6000 is other's now"
+    assert not (client.get(VNIS + "/vni-6000").get("status") or {}).get("releasedAt")
+    assert b.get("other") == 6000
+
+    # the record a created was replaced by another one for the same key: a drops the
+    # current one (after a look-up), and reports the VNI that one pointed to
+    c = store(kubeconfig, ranges=[(6001, 6002)], quarantine=5, clock=clock, orphan_age=60)
+    d = store(kubeconfig, ranges=[(6001, 6002)], quarantine=5, clock=clock, orphan_age=60)
+    assert c.acquire("j") == 6001
+    assert d.release("j") is True
+    assert d.acquire("j") == 6002
+    assert c.drop("j") == 6002
+    assert c.get("j") is None and d.get("j") is None
+    # the Vni a handle created was modified since: its quarantine looks it up first
+    clock.t += 5
+    assert c.acquire("m") == 6001
+    client.patch(VNIS + "/vni-6001", {"metadata": {"annotations": {"touched": "yes"}}})
+    assert c.drop("m") == 6001
+    assert c.settle(6001, dropped="m") is True
+    assert client.get(VNIS + "/vni-6001")["status"]["releasedAt"]
