@@ -101,7 +101,7 @@ def md_cni(r):
     if "cxi_DEL_again_p50_over_python_json_p50" in r:
         lines += ["", "A DEL with nothing to do (containerd's repeated DELs) / interpreter floor = "
                   f"**{r['cxi_DEL_again_p50_over_python_json_p50']}** (goal: no more than the floor; "
-                  "the plugin answers it before importing anything beyond the standard library's json)."]
+                  "the plugin answers it before its dispatcher, config parser and commands are imported)."]
     if r.get("scaling"):
         lines += ["", "ADD / DEL p50 of one more pod with N pods already on the node — " + ", ".join(
             f"{s['pods']}: {s['add_p50_ms']:.1f} / {s['del_p50_ms']:.1f} ms" for s in r["scaling"]) + "."]
