@@ -82,7 +82,8 @@ def _requests_by_verb(srv, start: int = 0, end: Optional[int] = None) -> Dict[st
         what = r.resource.plural if r.resource is not None else r.url.path
         if r.subresource:
             what += "/" + r.subresource
-        k = f"{who} {r.method.value.upper()} {what}"
+        verb = "WATCH" if (r.params or {}).get("watch") == "true" else r.method.value.upper()
+        k = f"{who} {verb} {what}"
         counts[k] = counts.get(k, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 

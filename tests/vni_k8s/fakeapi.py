@@ -16,10 +16,13 @@ way the real API server behaves:
   ``status``;
 * delete: ``DeleteOptions.preconditions`` (uid, resourceVersion) are honoured (409);
 * list: equality-based ``labelSelector`` (``a=b,c!=d,e,!f``);
-* all writes are serialized (the real server serializes per key in etcd).
+* all writes are serialized (the real server serializes per key in etcd);
+* watch: BOOKMARK events on a quiet stream when the client allows them.
 
-Still missing (and not relied upon): schema validation, strategic merge patch (merge
-patch is used instead), server-side apply, garbage collection, namespace lifecycle.
+Still missing (and not relied upon): resuming a watch from a resourceVersion (a new
+watch replays every object as ADDED, kmock's way), schema validation, strategic merge
+patch (merge patch is used instead), server-side apply, garbage collection, namespace
+lifecycle.
 
 Run standalone (for a controller subprocess or the benchmark)::
 
@@ -156,10 +159,14 @@ class _FastDispatch(kmock.RawHandler):
         return aiohttp.web.json_response(await fn(request))
 
     async def _stream_watch(self, request: Any) -> Any:
-        """kmock's watch events (its _serve_watch), one JSON line each."""
+        """kmock's watch events (its _serve_watch), one JSON line each; BOOKMARK events on
+        a quiet stream when the client allows them, as the API server sends."""
         response = aiohttp.web.StreamResponse()
         response.content_type = "application/json"
         await response.prepare(request._raw_request)
+        marks = None
+        if request.params.get("allowWatchBookmarks") == "true":
+            marks = asyncio.ensure_future(self._bookmarks(request, response))
         try:
             async for event in self._serve_watch(request):
                 if event != b"":
@@ -167,7 +174,24 @@ class _FastDispatch(kmock.RawHandler):
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away
+        finally:
+            if marks is not None:
+                marks.cancel()
         return response
+
+    async def _bookmarks(self, request: Any, response: Any) -> None:
+        info = self.resources[request.resource]
+        api = request.resource.version if not request.resource.group else \
+            f"{request.resource.group}/{request.resource.version}"
+        try:
+            while True:
+                await asyncio.sleep(self.bookmark_interval)
+                # one write() is one chunk: it never splits an event being written
+                await response.write(json.dumps({"type": "BOOKMARK", "object": {
+                    "kind": info.kind, "apiVersion": api,
+                    "metadata": {"resourceVersion": str(self.last_rv)}}}).encode() + b"\n")
+        except (ConnectionError, RuntimeError):
+            pass  # the stream is over
 
 
 class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
@@ -201,6 +225,11 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
             if status:
                 self._status_sub.add(kmock.resource(key))
         self._rv = itertools.count(1)
+        self.last_rv = 0
+        #: seconds between BOOKMARK events on a quiet watch (kopf reconnects a watch that
+        #: is silent for 70 s, expecting the API server's bookmarks; a reconnect replays
+        #: every object here, as kmock ignores the resourceVersion to resume from)
+        self.bookmark_interval = 20.0
         self.faults: dict = {}
         self.lost: dict = {}
         self._wlock: Optional[asyncio.Lock] = None
@@ -218,6 +247,10 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                 "message": exc.message or repr(exc), "details": exc.details or {}},
                 status=exc.status)
         return await super()._render_error(exc)
+
+    def _next_rv(self) -> str:
+        self.last_rv = next(self._rv)
+        return str(self.last_rv)
 
     def _stored(self, request: Any) -> Any:
         ns = request.namespace
@@ -243,7 +276,7 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
             if "generateName" in md and not md.get("name"):
                 md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
             md["uid"] = str(uuid.uuid4())
-            md["resourceVersion"] = str(next(self._rv))
+            md["resourceVersion"] = self._next_rv()
             md["creationTimestamp"] = _now()
             md["generation"] = 1
             md.pop("deletionTimestamp", None)
@@ -265,7 +298,7 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                             data.pop(k)
                 else:
                     data.pop("status", None)
-            data.setdefault("metadata", {})["resourceVersion"] = str(next(self._rv))
+            data.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
         elif act == enums.action.DELETE:
             obj = self._stored(request)
             pre = (data or {}).get("preconditions") if isinstance(data, dict) else None
@@ -344,7 +377,7 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                             if _match_selector((o.get("metadata") or {}).get("labels") or {}, sel)]
         doc["kind"] = "List"
         doc["apiVersion"] = "v1"
-        doc["metadata"] = {"resourceVersion": str(next(self._rv))}
+        doc["metadata"] = {"resourceVersion": self._next_rv()}
         return doc
 
 
