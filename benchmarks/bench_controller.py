@@ -149,7 +149,7 @@ class _Load:
 
 
 def run(jobs: int, replicas: int, threads: int, timeout: float,
-        controller: str = "pycxi.vni.controller") -> Dict[str, object]:
+        controller: str = "pycxi.vni.controller", keep: bool = False) -> Dict[str, object]:
     from fakeapi import FakeApiServer, write_kubeconfig
 
     from pycxi.vni.kstore import parse_time
@@ -273,7 +273,10 @@ def run(jobs: int, replicas: int, threads: int, timeout: float,
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-            shutil.rmtree(tmp, ignore_errors=True)
+            if keep:
+                print(f"controller logs: {tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -284,6 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=8, help="concurrent creators")
     ap.add_argument("--timeout", type=float, default=300,
                     help="seconds to wait for each phase (10,000 Jobs may need minutes)")
+    ap.add_argument("--keep", action="store_true", help="keep the controllers' logs (path on stderr)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; numbers are their medians")
     ap.add_argument("--controller", default="pycxi.vni.controller",
                     help="the controller's module (to compare a variant; found on $PYTHONPATH)")
@@ -294,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         load(args.kubeconfig, args.load, args.jobs, args.threads)
         return 0
     jobs = args.jobs or (200 if args.quick else 1000)
-    runs = [run(jobs, args.replicas, args.threads, args.timeout, args.controller)
+    runs = [run(jobs, args.replicas, args.threads, args.timeout, args.controller, args.keep)
             for _ in range(max(1, args.repeat))]
     result = runs[0] if len(runs) == 1 else median_of(runs)
     print(json.dumps(result, indent=2))

@@ -139,6 +139,11 @@ class _FastDispatch(kmock.RawHandler):
                 raise
             self._errors[-1].append(e)
             return await self._render_error(e)
+        finally:
+            # the log of requests keeps what tests look at, not aiohttp's request (its
+            # transport, buffers and parser state: most of the fake's memory at 10,000 Jobs)
+            object.__setattr__(request, "_raw_request", None)
+            object.__setattr__(request, "_stream_bus", None)  # kmock's, for its DSL streams
 
     async def _handle(self, request: Any) -> Any:
         fault = self._fault(request, self.lost)  # the emulator has committed by now
