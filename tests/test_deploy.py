@@ -146,11 +146,12 @@ def _kubectl(exe, kc, *args):
                           timeout=120)
 
 
-@pytest.mark.parametrize("overlay", [False, True], ids=["deploy", "operator-overlay"])
+@pytest.mark.parametrize("overlay", ["deploy", "operator-overlay", "k3s"])
 def test_kubectl_apply_k_against_the_fake_api_server(tmp_path, overlay):
-    """docs/deploy.md step 3 as written (`kubectl apply -k deploy/`), and an operator's
-    overlay, with the real kubectl against tests/vni_k8s/fakeapi.py: every rendered object
-    is created as rendered, and a second apply creates nothing.
+    """docs/deploy.md step 3 as written (`kubectl apply -k deploy/`), an operator's overlay,
+    and cni/k3s/README.md step 4 (`kubectl apply -k cni/k3s/`), with the real kubectl against
+    tests/vni_k8s/fakeapi.py: every rendered object is created as rendered, and a second
+    apply creates nothing.
 
     The fake serves no OpenAPI document (so --validate=false; the schema check is
     kubernetes-validate above) and no server-side apply (plain client-side apply only)."""
@@ -162,8 +163,8 @@ def test_kubectl_apply_k_against_the_fake_api_server(tmp_path, overlay):
     sys.path.insert(0, os.path.join(REPO, "tests", "vni_k8s"))
     from fakeapi import FakeApiServer, write_kubeconfig
 
-    where = DEPLOY
-    if overlay:
+    where = os.path.join(REPO, "cni", "k3s") if overlay == "k3s" else DEPLOY
+    if overlay == "operator-overlay":
         (tmp_path / "ov").mkdir()
         where = _overlay(tmp_path / "ov", {"ghcr.io/pycxi/pycxi": ("reg.example/hpc/vni", "7"),
                                           "pycxi-cni": ("reg.example/hpc/cni", "7-shs13.1")},
@@ -186,7 +187,7 @@ def test_kubectl_apply_k_against_the_fake_api_server(tmp_path, overlay):
             ann = dict(o["metadata"].get("annotations") or {})
             assert json.loads(ann.pop("kubectl.kubernetes.io/last-applied-configuration"))
             assert ann == (d["metadata"].get("annotations") or {}), key
-        if overlay:
+        if overlay == "operator-overlay":
             ctl = got[("Deployment", "pycxi-vni", "pycxi-vni-controller")]
             assert ctl["spec"]["template"]["spec"]["containers"][0]["image"] == \
                 "reg.example/hpc/vni:7"
