@@ -9,13 +9,13 @@ import pytest
 
 from kcluster import ANN, Clock, Feeder
 
-from pycxi.vni.controller import Config, Controller
+from pycxi.vni.reconciler import Config, Reconciler
 
 
 @pytest.fixture
 def ctl(client, cluster):
     clock = Clock()
-    c = Controller(Config(quarantine=2.0, leader_election=False, metrics_port=0), client,
+    c = Reconciler(Config(quarantine=2.0, leader_election=False, metrics_port=0), client,
                    clock=clock)
     c.clock_ = clock
     c.warm_up()
@@ -119,7 +119,7 @@ def test_a_deployment_keeps_one_vni_across_rollouts_and_resyncs(ctl, cluster):
     ctl.clock_.advance(60)
     ctl.resync()
     # a fresh controller (a restart) decides the same from the API alone
-    fresh = Controller(ctl.config, ctl.client, clock=ctl.clock_)
+    fresh = Reconciler(ctl.config, ctl.client, clock=ctl.clock_)
     fresh.warm_up()
     fresh.resync()
     assert cluster.allocated() == {dep["metadata"]["uid"]: [v]}

@@ -10,10 +10,11 @@ import urllib.request
 
 import pytest
 
-from pycxi.vni.controller import (POD, VOLCANO_JOB, WATCHED_KINDS, Config, Kind, is_finished,
-                                  parse_kinds, parse_request)
 from pycxi.vni.kstore import format_time, parse_time
 from pycxi.vni.kube import KubeConfig, KubeConfigError
+from pycxi.vni.reconciler import Config
+from pycxi.vni.rules import (POD, VOLCANO_JOB, WATCHED_KINDS, Kind, is_finished, parse_kinds,
+                             parse_request)
 
 JOB = WATCHED_KINDS[0]
 
