@@ -298,7 +298,7 @@ class Reconciler:
         self.reconcile(wl, gone=gone)
 
     def _watched_ref(self, ref: dict) -> bool:
-        k = self.kinds_by_gvk.get((ref.get("apiVersion"), ref.get("kind")))
+        k = self.kinds_by_gvk.get((str(ref.get("apiVersion")), str(ref.get("kind"))))
         return k is not None and k != POD
 
     def _on_pod(self, body: dict, deleted: bool) -> None:
@@ -375,8 +375,9 @@ class Reconciler:
             if wl is None:
                 if not req.asks:
                     return
-                kind = Kind(*(ref.get("apiVersion", "").rpartition("/")[::2]),
-                            (ref.get("kind") or "").lower() + "s", ref.get("kind") or "")
+                group, _, version = str(ref.get("apiVersion") or "").rpartition("/")
+                kind = Kind(group, version, (ref.get("kind") or "").lower() + "s",
+                            ref.get("kind") or "")
                 wl = self.workloads[uid] = Workload(uid, meta.get("namespace") or "",
                                                     ref.get("name") or "", kind, generic=True)
             if req.asks:
@@ -792,21 +793,21 @@ class Reconciler:
                     self._discard(self.holders, v, u)
         wants: Dict[str, bool] = {}
         groups: Dict[Tuple[Kind, str], List[Tuple[str, dict]]] = {}
-        for v, obj in views:
+        for view, obj in views:
             holder = (obj.get("spec") or {}).get("holder") or {}
-            if v.released_at is not None or not v.committed or not holder.get("uid"):
+            if view.released_at is not None or not view.committed or not holder.get("uid"):
                 continue
             if holder.get("kind") == "VniClaim":
                 kind: Optional[Kind] = CLAIM
             else:
-                kind = self.kinds_by_gvk.get((holder.get("apiVersion"), holder.get("kind")))
+                kind = self.kinds_by_gvk.get((str(holder.get("apiVersion")), str(holder.get("kind"))))
             if kind == POD:
                 pod = live_pods.get(holder["uid"])
-                wants[v.key] = pod is not None and workload_wants(POD, pod)
+                wants[view.key] = pod is not None and workload_wants(POD, pod)
             elif kind is None:  # a generic owner: held while any of its pods asks
-                wants[v.key] = holder["uid"] in generic
+                wants[view.key] = holder["uid"] in generic
             else:
-                groups.setdefault((kind, holder.get("namespace") or ""), []).append((v.key, holder))
+                groups.setdefault((kind, holder.get("namespace") or ""), []).append((view.key, holder))
         for (kind, ns), items in groups.items():
             try:
                 live = {(o.get("metadata") or {}).get("uid"): o for o in self.client.list(kind.path(ns))}
