@@ -567,9 +567,10 @@ def test_the_model_catches_a_release_that_ignores_pods(monkeypatch):
             if o is not None and o["released_at"] is None and self.records.get(o["key"]) != v:
                 o["released_at"] = self.now
 
-    # no shrinking: finding the counterexample is the point, making it small is slow
+    # no shrinking: finding the counterexample is the point, making it small is slow;
+    # derandomized: the same examples every run (random ones missed the hole now and then)
     Careless.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
-                                          deadline=None, database=None,
+                                          deadline=None, database=None, derandomize=True,
                                           phases=[Phase.generate])
     with pytest.raises(AssertionError):
         Careless.TestCase().runTest()
