@@ -148,9 +148,10 @@ def build_registry(rec: Reconciler, lease: Optional[Lease] = None) -> Any:
         except LookupError:
             # kopf's event queue lives in the context of its per-object tasks; the
             # resync and the election run outside them: post in a handler's context
-            if rt.event_ctx is not None:
-                rt.event_ctx.copy().run(kopf.event, body, type=type, reason=reason,
-                                        message=message)
+            if rt.event_ctx is None:
+                log.debug("no Event before the first handler ran: %s %s", reason, message)
+                return
+            rt.event_ctx.copy().run(kopf.event, body, type=type, reason=reason, message=message)
 
     rec.requeue, rec.post_event = requeue, post_event
 
