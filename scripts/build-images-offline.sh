@@ -55,7 +55,8 @@ if ! podman image exists "$BASE"; then
   cp /etc/ssl/certs/ca-certificates.crt "$SCRATCH/root/etc/ssl/certs/ca-certificates.crt"
   printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$SCRATCH/root/etc/pip.conf"
   echo "== podman import -> $BASE"
-  tar -C "$SCRATCH/root" -c . | podman import - "$BASE" >/dev/null
+  tar -C "$SCRATCH/root" -c . | podman import - "$BASE" > "$SCRATCH/import.log" 2>&1 \
+    || { cat "$SCRATCH/import.log" >&2; exit 1; }
   rm -rf "$SCRATCH/root"
   echo "   base image in $((SECONDS - t0)) s"
 fi
@@ -104,6 +105,7 @@ EOF
     echo "   the image's controller gave the Job no VNI within 60 s" >&2; exit 1
   fi
   echo "   the image's controller allocated VNI 1024 to Job team-a/train (fake API server): ok"
+  podman rm -f -t 0 pycxi-offline-ctl >/dev/null
 fi
 [ "$KEEP" = 1 ] || podman rmi "$TAG" >/dev/null
 echo "done in $((SECONDS - t0)) s"

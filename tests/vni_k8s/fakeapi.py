@@ -25,7 +25,9 @@ way the real API server behaves:
   (tests/test_deploy.py).
 
 Still missing (and not relied upon): schema validation, strategic merge patch (merge
-patch is used instead), server-side apply, garbage collection, namespace lifecycle.
+patch is used instead), server-side apply, garbage collection, namespace lifecycle,
+protobuf bodies (``kubectl create`` sends protobuf for built-in kinds; ``kubectl apply``
+sends JSON) and the OpenAPI document (``kubectl apply --validate=false``).
 
 Run standalone (for a controller subprocess or the benchmark)::
 
