@@ -23,6 +23,7 @@ Errors are one line on stderr naming the errno; the exit status is non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -438,16 +439,6 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         raise CxiLibError(e.errno or 2, "open", detail=path) from None
 
 
-class _stdout_to_stderr:
-    """Descriptor listings that accompany a command whose stdout is an ID go to stderr."""
-
-    def __enter__(self):
-        self._saved, sys.stdout = sys.stdout, sys.stderr
-
-    def __exit__(self, *exc):
-        sys.stdout = self._saved
-
-
 def _update(dev, args) -> None:
     """``update -s ID``: ``-l N`` (cxi_service 12.0's lnis_per_rgid), ``-y FILE`` (its
     members, VNIs, TCs and restricted_* flags; the limits stay), ``--vni``/``--tc``,
@@ -543,8 +534,8 @@ def cmd_svc(args) -> int:
             svc_id = build_service(dev, netns_method=args.netns_method,
                                    lnis_per_rgid=args.lnis_per_rgid, **spec)
             print(svc_id)
-            if args.verbose:
-                with _stdout_to_stderr():
+            if args.verbose:  # stdout is the ID alone: the listing goes to stderr
+                with contextlib.redirect_stdout(sys.stderr):
                     _print_svc(svc_info(dev, dev.get_svc(svc_id)), True)
             print(f"Successfully created service: {svc_id}", file=sys.stderr)
         elif a == "delete":
