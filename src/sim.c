@@ -2558,6 +2558,16 @@ static void obj_free(struct sim_file *f, uint32_t i)
 	if (t >= 0)
 		rsrc_uncharge(f, st->lni[o->lni].svc_id, t);
 	memset(o, 0, sizeof(*o));
+	/* The scans stop at the high-water mark: keep it at the last record in
+	 * use, so what a call costs does not depend on the device's past. */
+	struct sim_rsrc *r = &st->rsrc;
+	if (i + 1 == r->obj_hw) {
+		uint32_t hw = i;
+		while (hw && !r->obj[hw - 1].used)
+			hw--;
+		J(f, &r->obj_hw);
+		r->obj_hw = hw;
+	}
 }
 
 /* The LNI is going (destroy, fd close, reaped owner): everything on it. */
@@ -3143,6 +3153,8 @@ static int objs_check(struct sim_file *f, char *msg, size_t len)
 				      (r->obj[k].lac != o->lac && r->obj[k].flags != o->flags),
 				      "ACs %u and %u: same LAC or flags", i, k);
 	}
+	for (uint32_t i = r->obj_hw; i < MAX_OBJ; i++)
+		OCHECK(!r->obj[i].used, "object %u above the high-water mark %u", i, r->obj_hw);
 	for (uint32_t i = 0; i < r->obj_hw; i++)
 		OCHECK(!r->obj[i].used || r->obj[i].refs == refs[i],
 		      "object %u: refs %u != %u", i, r->obj[i].refs, refs[i]);
