@@ -92,11 +92,16 @@ def md_cni(r):
     for key, label in (("python_IS_import_json", "`python -IS -c 'import json'` (floor)"),
                        ("cxi_VERSION", "cxi VERSION"), ("cxi_ADD", "cxi ADD (service created)"),
                        ("cxi_DEL", "cxi DEL (service destroyed)"),
+                       ("cxi_DEL_again", "cxi DEL again, no `CNI_NETNS` (nothing left to do)"),
                        ("tuning_ADD", "Go `tuning` ADD (Debian)"), ("tuning_DEL", "Go `tuning` DEL")):
         if key in res:
             lines.append(f"| {label} | {res[key]['p50_ms']:.1f} ms | {res[key]['p99_ms']:.1f} ms |")
     lines += ["", f"cxi ADD p50 / interpreter floor p50 = **{r['cxi_ADD_p50_over_python_json_p50']}** "
               f"(goal ≤ {r['goal_ratio']}); cxi ADD / Go tuning ADD = {r['cxi_ADD_p50_over_tuning_ADD_p50']}."]
+    if "cxi_DEL_again_p50_over_python_json_p50" in r:
+        lines += ["", "A DEL with nothing to do (containerd's repeated DELs) / interpreter floor = "
+                  f"**{r['cxi_DEL_again_p50_over_python_json_p50']}** (goal: no more than the floor; "
+                  "the plugin answers it before its dispatcher, config parser and commands are imported)."]
     if r.get("scaling"):
         lines += ["", "ADD / DEL p50 of one more pod with N pods already on the node — " + ", ".join(
             f"{s['pods']}: {s['add_p50_ms']:.1f} / {s['del_p50_ms']:.1f} ms" for s in r["scaling"]) + "."]

@@ -1,5 +1,5 @@
 """The VNI service's rules as pure functions: objects in, decisions out.  No API
-client, no clock, no threads: :mod:`pycxi.vni.controller` feeds them what it sees and
+client, no clock, no threads: :mod:`pycxi.vni.reconciler` feeds them what it sees and
 carries out what they return; ``tests/vni_k8s/test_rules.py`` checks them (with a
 hypothesis state machine) without any API server.
 
@@ -35,6 +35,7 @@ __all__ = [
     "Request", "parse_request", "is_finished", "controller_ref", "workload_wants",
     "pod_grant", "pod_condition", "stamp_decision", "grant_condition",
     "VniView", "Action", "lifecycle_actions", "reusable", "next_candidate",
+    "Step", "workload_step", "claim_step", "claim_user", "backoff_delay",
 ]
 
 _TRUE = frozenset({"true", "yes"})
@@ -309,3 +310,72 @@ def reusable(released_at: Optional[float], vni: int, *, now: float, quarantine: 
              held: Container[int]) -> bool:
     """Whether a released ``Vni`` object may be deleted for reuse of its number."""
     return released_at is not None and now - released_at >= quarantine and vni not in held
+
+
+# --- what to do with one workload or claim, now ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One decision for a key.  ``op``:
+
+    * ``acquire``: hold the VNIs the request names (own one and/or claims') and stamp them;
+    * ``refuse``: the request cannot be honoured (``reason``/``message`` go on the pods);
+    * ``release``: the key lets go (``reason`` is the cause); its pods keep what they got;
+    * ``wait``: a deleting claim still in use (``reason``/``message`` on the claim), retry;
+    * ``finalize``: a deleting claim nobody uses: let go, then remove our finalizer.
+
+    ``forget``: the object is gone, drop what this replica remembers of it.
+    ``add_finalizer``: a claim lacks our finalizer (``claim_step`` only)."""
+    op: str
+    reason: str = ""
+    message: str = ""
+    forget: bool = False
+    add_finalizer: bool = False
+
+
+def workload_step(request: Request, *, finished: bool, gone: bool) -> Step:
+    """What to do with a top-level workload (or a bare pod, or a generic owner) given
+    its request, whether it finished and whether it is gone (deleted or deleting)."""
+    if gone:
+        return Step("release", "deleted", forget=True)
+    if finished:
+        return Step("release", "completed")
+    if not request.asks:
+        return Step("release", "unannotated")
+    if request.invalid:
+        return Step("refuse", request.invalid_reason, request.invalid)
+    return Step("acquire")
+
+
+def claim_step(*, deleted: bool, deleting: bool, users: Sequence[str],
+               finalizers: Sequence[str], finalizer: str) -> Step:
+    """What to do with a ``VniClaim``.  ``deleted``: the API server removed it (by us, or
+    with its finalizer stripped by hand): the key lets go and pods given the VNI keep it
+    (the lifecycle rules quarantine it when they are gone).  ``deleting``: it has a
+    deletionTimestamp; ``users``: workloads that still redeem it (:func:`claim_user`)."""
+    if deleted:
+        return Step("release", "claim-deleted", forget=True)
+    if deleting:
+        if users:
+            return Step("wait", "InUse", "deleting: still used by " + ", ".join(sorted(users)[:5]))
+        return Step("finalize", "claim-deleted")
+    return Step("acquire", add_finalizer=finalizer not in finalizers)
+
+
+def claim_user(kind: Kind, obj: dict, claim: str, *, top_level: bool) -> bool:
+    """Whether ``obj`` (of ``kind``; ``top_level``: no watched kind controls it) still
+    redeems ``claim``: it names it and has not finished; a deleting workload no longer
+    counts, a deleting pod still does (it may still send)."""
+    meta = obj.get("metadata") or {}
+    if not top_level or (meta.get("deletionTimestamp") and kind != POD):
+        return False
+    return claim in parse_request(obj).claims and not is_finished(kind, obj)
+
+
+def backoff_delay(attempt: int, rand: float, *, base: float = 0.5, cap: float = 60.0,
+                  jitter: float = 0.2) -> float:
+    """Seconds before retry number ``attempt`` (0 for the first): exponential from
+    ``base`` up to ``cap``, spread by +-``jitter`` with ``rand`` in [0, 1) so that keys
+    failing together do not retry together."""
+    return min(cap, base * 2.0 ** min(attempt, 32)) * (1.0 - jitter + 2.0 * jitter * rand)

@@ -43,6 +43,25 @@ def wait_for(fn, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
         time.sleep(interval)
 
 
+def controller_requests(api, since: int = 0) -> list:
+    """The fake API server's log of the requests controllers made (kopf's and our
+    client's), from entry ``since`` on."""
+    return [r for r in list(api.kube._requests)[since:]
+            if r.headers.get("User-Agent", "").startswith(("kopf", "pycxi-vni-controller"))]
+
+
+def wait_watching(api, replicas: int = 1, plurals=("jobs", "pods")) -> None:
+    """Until ``replicas`` controllers watch ``plurals`` (kopf starts its watches after
+    the startup handlers, i.e. after the pod index is warm)."""
+    def watching():
+        n: dict = {}
+        for r in controller_requests(api):
+            if r.params.get("watch") == "true" and r.resource is not None:
+                n[r.resource.plural] = n.get(r.resource.plural, 0) + 1
+        return all(n.get(p, 0) >= replicas for p in plurals)
+    wait_for(watching, what=f"{replicas} controller(s) watching {plurals}")
+
+
 class Cluster:
     """The fake API server plus helpers that play the Kubernetes controllers (there is
     no kube-controller-manager here: tests create ReplicaSets and pods themselves)."""

@@ -10,11 +10,10 @@ the CNI plugin does.
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
-from kcluster import ANN, wait_for
+from kcluster import ANN, wait_for, wait_watching
 
 
 def test_job_gets_a_vni_and_releases_it_on_completion(cluster):
@@ -232,10 +231,10 @@ def test_sigkilled_controller_restarts_without_duplicate_or_leak(cluster):
     assert len(vnis) == len(set(vnis)) == len(live)
 
 
-def test_two_replicas_racing_on_500_jobs_never_share_a_vni(cluster):
+def test_two_replicas_racing_on_500_jobs_never_share_a_vni(cluster, api):
     cluster.start_controller(name="r1", resync=5)
     cluster.start_controller(name="r2", resync=5)
-    time.sleep(2)
+    wait_watching(api, replicas=2)
     uids = {cluster.job("ns1", f"j{i}")["metadata"]["uid"] for i in range(500)}
     wait_for(lambda: set(cluster.allocated()) >= uids, timeout=120, interval=0.5,
              what="500 allocations")
@@ -296,7 +295,7 @@ def test_api_errors_are_reported_and_retried(cluster, api):
     """The API server fails every Vni create for a while: the pods wait (ApiError, CNI
     code 11), a Warning Event says why, the controller keeps running and retries."""
     p = cluster.start_controller()
-    time.sleep(1.5)  # let it start before the faults
+    wait_watching(api)  # started: the faults hit the allocation, not the start
     api.kube.faults[("POST", "vnis")] = 3
     job = cluster.job("ns1", "flaky")
     cluster.pod_of(job, "flaky-0")
@@ -315,7 +314,7 @@ def test_lost_create_responses_leave_no_leak(cluster, api):
     """Creates that commit but whose response is lost (500 after the fact) leave Vni
     objects no key record points to; the resync quarantines them (orphan age 2 s)."""
     p = cluster.start_controller("--orphan-age", "2")
-    time.sleep(1.5)
+    wait_watching(api)
     api.kube.lost[("POST", "vnis")] = 3
     job = cluster.job("ns1", "lossy")
     cluster.pod_of(job, "lossy-0")

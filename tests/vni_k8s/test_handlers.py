@@ -9,13 +9,13 @@ import pytest
 
 from kcluster import ANN, Clock, Feeder
 
-from pycxi.vni.controller import Config, Controller
+from pycxi.vni.reconciler import Config, Reconciler
 
 
 @pytest.fixture
 def ctl(client, cluster):
     clock = Clock()
-    c = Controller(Config(quarantine=2.0, leader_election=False, metrics_port=0), client,
+    c = Reconciler(Config(quarantine=2.0, leader_election=False, metrics_port=0), client,
                    clock=clock)
     c.clock_ = clock
     c.warm_up()
@@ -119,7 +119,40 @@ def test_a_deployment_keeps_one_vni_across_rollouts_and_resyncs(ctl, cluster):
     ctl.clock_.advance(60)
     ctl.resync()
     # a fresh controller (a restart) decides the same from the API alone
-    fresh = Controller(ctl.config, ctl.client, clock=ctl.clock_)
+    fresh = Reconciler(ctl.config, ctl.client, clock=ctl.clock_)
     fresh.warm_up()
     fresh.resync()
     assert cluster.allocated() == {dep["metadata"]["uid"]: [v]}
+
+
+def test_a_starving_workload_is_requeued_with_backoff_and_gets_the_vni_once_free(client, cluster):
+    """Exhaustion: the reconciler asks its wiring for a retry (exponential backoff, one
+    queued per workload) and posts one Warning Event; the retry succeeds once the VNI
+    is back from quarantine, and a retry made moot meanwhile does nothing."""
+    clock, requeued, events = Clock(), [], []
+    ctl = Reconciler(Config(ranges=((3000, 3000),), quarantine=2.0, leader_election=False,
+                            metrics_port=0), client, clock=clock,
+                     requeue=lambda uid, delay: requeued.append((uid, delay)),
+                     post_event=lambda body, t, reason, msg: events.append(
+                         (body["metadata"]["name"], t, reason)))
+    ctl.warm_up()
+    feed = Feeder(ctl, cluster)
+    cluster.job("ns1", "a")
+    feed("Job", "ns1", "a")
+    b = cluster.job("ns2", "b")
+    feed("Job", "ns2", "b")
+    uid = b["metadata"]["uid"]
+    [(u, d0)] = requeued
+    assert u == uid and 0.4 <= d0 <= 0.6
+    ctl.retry(uid)  # still exhausted: queued again, later
+    assert [u for u, _ in requeued] == [uid, uid] and 0.8 <= requeued[1][1] <= 1.2
+    assert events.count(("b", "Warning", "Exhausted")) == 1, "one Event per reason a minute"
+    cluster.finish_job("ns1", "a")
+    feed("Job", "ns1", "a")  # no pods: quarantined at once
+    assert cluster.released() and not cluster.allocated()
+    clock.advance(2.5)
+    ctl.retry(uid)
+    assert cluster.allocated() == {uid: [3000]}
+    assert not ctl.pending and not ctl.attempts and len(requeued) == 2
+    ctl.retry(uid)  # a timer that fires after the success: nothing to do
+    assert len(requeued) == 2 and cluster.allocated() == {uid: [3000]}

@@ -3,7 +3,7 @@ was given it exists.  The four ways a tenant with the ``edit`` role used to make
 service let go of a VNI its pods still used, each with a range of ONE VNI and a 2 s
 quarantine, so that a second namespace asking is exactly the failure we prevent.
 
-The controller runs in this process (the same ``Controller`` the kopf wiring drives),
+The controller runs in this process (the ``Reconciler`` the kopf wiring drives),
 fed each object the way kopf's watch would deliver it, with an injected clock: a test
 that checks "nothing was released" calls the handlers and the resync directly and then
 asserts, so a slow controller cannot make it pass.  The API server is the fake one
@@ -19,7 +19,7 @@ import pytest
 
 from kcluster import ANN, PATHS, Clock, Feeder
 
-from pycxi.vni.controller import Config, Controller
+from pycxi.vni.reconciler import Config, Reconciler
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import KubeError
 
@@ -31,7 +31,7 @@ def ctl(client, cluster):
     clock = Clock()
     cfg = Config(ranges=((VNI, VNI),), quarantine=2.0, leader_election=False, metrics_port=0,
                  orphan_age=30.0)
-    c = Controller(cfg, client, clock=clock)
+    c = Reconciler(cfg, client, clock=clock)
     c.clock_ = clock
     c.warm_up()
     c.feed = Feeder(c, cluster)
@@ -91,7 +91,7 @@ def hold_while_pods_exist(ctl, cluster, ns: str, pods) -> None:
     for p in pods:
         assert cluster.lookup(ns, p) == [VNI], "a grant is never withdrawn"
     # a restarted controller decides the same from the API alone
-    fresh = Controller(ctl.config, ctl.client, clock=ctl.clock_)
+    fresh = Reconciler(ctl.config, ctl.client, clock=ctl.clock_)
     fresh.warm_up()
     fresh.resync()
     assert vni_state(cluster) == "allocated"
@@ -214,7 +214,7 @@ def test_nothing_is_released_or_reused_before_the_pod_index_is_warm(client, clus
     """A controller that has not listed the pods yet treats every VNI as held."""
     clock = Clock()
     cfg = Config(ranges=((VNI, VNI),), quarantine=2.0, leader_election=False, metrics_port=0)
-    c = Controller(cfg, client, clock=clock)
+    c = Reconciler(cfg, client, clock=clock)
     assert c.held(VNI) and c.held(4242)
     c.warm_up()
     assert not c.held(VNI)

@@ -22,14 +22,15 @@ import itertools
 from typing import Dict, List, Optional, Set
 
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from pycxi.vni.rules import (POD, WATCHED_KINDS, Action, VniView, allocated_condition,
-                             grant_condition, lifecycle_actions, parse_request, pod_grant,
-                             reusable, stamp_decision, workload_wants)
+from pycxi.vni.rules import (POD, WATCHED_KINDS, Action, Request, VniView, allocated_condition,
+                             backoff_delay, claim_step, claim_user, grant_condition,
+                             lifecycle_actions, parse_request, pod_grant, reusable,
+                             stamp_decision, workload_step, workload_wants)
 
 JOB = WATCHED_KINDS[0]
 COND = "vni.pycxi.dev/Allocated"
@@ -68,6 +69,65 @@ def test_workload_wants():
                                                                       "status": "True"}]}))
     assert not workload_wants(JOB, {"metadata": dict(job["metadata"], deletionTimestamp="x")})
     assert not workload_wants(POD, dict(job, status={"phase": "Succeeded"}))
+
+
+@pytest.mark.parametrize("request_,finished,gone,op,reason", [
+    (Request(own=True), False, False, "acquire", ""),
+    (Request(claims=("c",)), False, False, "acquire", ""),
+    (Request(own=True), True, False, "release", "completed"),
+    (Request(own=True), False, True, "release", "deleted"),
+    (Request(own=True), True, True, "release", "deleted"),
+    (Request(), False, False, "release", "unannotated"),
+    (Request(invalid="no", invalid_reason="ClaimRefused"), False, False, "refuse", "ClaimRefused"),
+    (Request(invalid="no", invalid_reason="ClaimRefused"), True, False, "release", "completed"),
+])
+def test_workload_step(request_, finished, gone, op, reason):
+    step = workload_step(request_, finished=finished, gone=gone)
+    assert (step.op, step.reason) == (op, reason)
+    assert step.forget == gone, "only a gone workload is forgotten"
+
+
+def test_claim_step():
+    fin = "vni.pycxi.dev/claim-protection"
+
+    def step(**kw):
+        args = dict(deleted=False, deleting=False, users=(), finalizers=(fin,), finalizer=fin)
+        args.update(kw)
+        return claim_step(**args)
+
+    assert step().op == "acquire" and not step().add_finalizer
+    assert step(finalizers=()).add_finalizer and step(finalizers=("other",)).add_finalizer
+    wait = step(deleting=True, users=["Job/b", "Job/a"])
+    assert (wait.op, wait.reason) == ("wait", "InUse") and wait.message.endswith("Job/a, Job/b")
+    assert len(step(deleting=True, users=[f"Job/j{i}" for i in range(9)]).message.split(", ")) == 5
+    assert step(deleting=True).op == "finalize" and not step(deleting=True).forget
+    # gone (finalizer stripped by hand, or removed by us): let go, whoever still uses it
+    gone = step(deleted=True, deleting=True, users=["Job/a"])
+    assert (gone.op, gone.forget) == ("release", True)
+
+
+def test_claim_user():
+    job = {"metadata": {"annotations": {"vni.pycxi.dev/vni": "true,c"}}}
+    assert claim_user(JOB, job, "c", top_level=True)
+    assert not claim_user(JOB, job, "d", top_level=True)
+    assert not claim_user(JOB, job, "c", top_level=False), "its owner is the user"
+    assert not claim_user(JOB, dict(job, status={"conditions": [{"type": "Complete",
+                                                                  "status": "True"}]}),
+                          "c", top_level=True)
+    deleting = {"metadata": dict(job["metadata"], deletionTimestamp="x")}
+    assert not claim_user(JOB, deleting, "c", top_level=True)
+    assert claim_user(POD, deleting, "c", top_level=True), "a terminating pod may still send"
+    assert not claim_user(POD, dict(deleting, status={"phase": "Failed"}), "c", top_level=True)
+
+
+@given(st.integers(0, 200), st.floats(0, 1, exclude_max=True))
+def test_backoff_delay_grows_to_its_cap_within_the_jitter(attempt, rand):
+    d = backoff_delay(attempt, rand)
+    assert 0.5 * 0.8 <= d <= 60 * 1.2
+    assert backoff_delay(attempt + 1, rand) >= d
+    base = min(60.0, 0.5 * 2 ** min(attempt, 32))
+    assert base * 0.8 <= d <= base * 1.2
+    assert backoff_delay(attempt, 0.0) <= d, "jitter grows with rand"
 
 
 def V(vni, key="k", released=None, committed=True, age=100.0):
@@ -507,9 +567,10 @@ def test_the_model_catches_a_release_that_ignores_pods(monkeypatch):
             if o is not None and o["released_at"] is None and self.records.get(o["key"]) != v:
                 o["released_at"] = self.now
 
-    # no shrinking: finding the counterexample is the point, making it small is slow
+    # no shrinking: finding the counterexample is the point, making it small is slow;
+    # derandomized: the same examples every run (random ones missed the hole now and then)
     Careless.TestCase.settings = settings(max_examples=300, stateful_step_count=50,
-                                          deadline=None, database=None,
+                                          deadline=None, database=None, derandomize=True,
                                           phases=[Phase.generate])
     with pytest.raises(AssertionError):
         Careless.TestCase().runTest()

@@ -10,10 +10,11 @@ import urllib.request
 
 import pytest
 
-from pycxi.vni.controller import (POD, VOLCANO_JOB, WATCHED_KINDS, Config, Kind, is_finished,
-                                  parse_kinds, parse_request)
 from pycxi.vni.kstore import format_time, parse_time
 from pycxi.vni.kube import KubeConfig, KubeConfigError
+from pycxi.vni.reconciler import Config
+from pycxi.vni.rules import (POD, VOLCANO_JOB, WATCHED_KINDS, Kind, is_finished, parse_kinds,
+                             parse_request)
 
 JOB = WATCHED_KINDS[0]
 
@@ -184,3 +185,22 @@ def test_kopf_logs_in_with_our_kubeconfig(tmp_path):
     assert info.scheme == "Bearer" and info.default_namespace == "sys"
     assert info.ca_data == pem.encode() and info.ca_path is None
     assert info.certificate_path is None and info.certificate_data is None
+
+
+def test_the_wiring_uses_only_level_based_handlers(client):
+    """kopf's change-detecting handlers would store progress in (tenant-writable)
+    annotations, its daemons and timers put a finalizer on every object: the wiring
+    registers neither, only event handlers (one per watched kind and the claims) and
+    the operator-level login/startup/cleanup."""
+    from pycxi.vni.controller import Lease, build_registry
+    from pycxi.vni.reconciler import Reconciler
+
+    rec = Reconciler(Config(leader_election=False, metrics_port=0), client)
+    reg = build_registry(rec, Lease(client, "pycxi-vni", "me", 15.0))
+    assert not reg._changing.get_all_handlers() and not reg._spawning.get_all_handlers()
+    assert not reg._indexing.get_all_handlers() and not reg._webhooks.get_all_handlers()
+    events = reg._watching.get_all_handlers()
+    assert len(events) == len(rec.config.kinds) + 1
+    assert sorted(h.activity.value for h in reg._activities.get_all_handlers()) == [
+        "authentication", "cleanup", "startup"]
+    assert rec.requeue.__name__ == "requeue" and rec.post_event.__name__ == "post_event"
