@@ -3,8 +3,10 @@
     pycxi svc list [--json] [-v] | show ID [--json] | rsrc [ID] [--json]
     pycxi svc create (-y FILE | --vni N ... | --vni-range LO-HI) [--uid N] [--gid N]
                      [--netns PATH|INODE] [--tc NAME] [--limit TYPE=MAX:RES] [--exclusive-cp]
+                     [-l N] [-D|--dry-run]
     pycxi svc delete ID | enable ID | disable ID | set-netns ID NETNS
-    pycxi svc update ID [--vni N ...] [--tc NAME ...] [--enable|--disable]
+    pycxi svc update ID [-y FILE] [--vni N ...] [--tc NAME ...] [--enable|--disable]
+                        [-l N] [-D|--dry-run]
     pycxi access-check --svc ID [--vni N] [--tc NAME]
     pycxi sim status [--json] [--check] | sim reset [--devices N] [--strict-vni-overlap]
                                                  [--stock-root-profile]
@@ -13,13 +15,15 @@
 
 cxi_service's usage is accepted as well: ``pycxi list [-s ID] [-v]``, ``pycxi create -y FILE``,
 ``pycxi delete|enable|disable -s ID``; ``-s ID`` may replace a service ID argument anywhere, and
-``-d DEV`` (``cxiN`` or ``N``) may be given anywhere.
+``-d DEV`` (``cxiN`` or ``N``), ``-v`` and ``-V`` may be given anywhere; ``-l N`` and
+``--dry-run`` as docs/cli.md describes (pycxi applies both on create, where HPE 13.1/14.0 ignore them).
 
 Errors are one line on stderr naming the errno; the exit status is non-zero.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -224,15 +228,16 @@ def desc_from_yaml(text: str) -> Dict[str, Any]:
 DEFAULT_TCS = ("DEDICATED_ACCESS", "LOW_LATENCY", "BULK_DATA", "BEST_EFFORT")
 
 
-def build_service(dev, *, vnis=None, vni_range=None, uids=(), gids=(), netns=None, tcs=None,
-                  limits=None, exclusive_cp=False, restricted_members=None,
-                  restricted_vnis=None, restricted_tcs=None, resource_limits=None,
-                  netns_method: str = "auto") -> int:
-    """Create a service the way ``cxi_service create`` means to, in a safe order.
+def plan_service(*, vnis=None, vni_range=None, uids=(), gids=(), netns=None, tcs=None,
+                 limits=None, exclusive_cp=False, restricted_members=None,
+                 restricted_vnis=None, restricted_tcs=None, resource_limits=None,
+                 lnis_per_rgid=None) -> Dict[str, Any]:
+    """Validate a ``cxi_service create`` request without a device.
 
-    Everything is validated before the service exists.  A netns service is made by
-    :meth:`Device.alloc_netns_svc` (which binds the namespace after the range and
-    destroys a half-made service); a range service is left enabled.
+    Returns the service :func:`build_service` would create, in the ``--json`` form of
+    ``svc show`` (less what only the device knows: ``svc_id``, ``in_use``, ...), plus
+    ``desc`` (the :class:`~pycxi.svc.SvcDesc` to allocate; ``None`` for a netns service,
+    which :meth:`Device.alloc_netns_svc` builds).  Raises :class:`CxiUserError`.
     """
     from pycxi.svc import SvcDesc, SvcMember
 
@@ -248,6 +253,8 @@ def build_service(dev, *, vnis=None, vni_range=None, uids=(), gids=(), netns=Non
         if not (1 <= lo <= hi <= 0xFFFF) or size & (size - 1) or lo % size:
             raise CxiUserError(f"VNI range {lo}-{hi}: size must be a power of two and "
                                f"the start a multiple of it")
+    if lnis_per_rgid is not None and lnis_per_rgid < 1:
+        raise CxiUserError(f"lnis_per_rgid must be at least 1, got {lnis_per_rgid}")
     if restricted_tcs is False:
         tcs = None
     elif restricted_tcs and not tcs:
@@ -261,31 +268,70 @@ def build_service(dev, *, vnis=None, vni_range=None, uids=(), gids=(), netns=Non
             raise CxiUserError("restricted_members must be set to 1")
         if uids or gids:
             raise CxiUserError("netns based service with uid/gid not supported")
-        return dev.alloc_netns_svc(netns, vnis or None, tcs=tcs, limits=limits,
-                                   method=netns_method, vni_range=vni_range,
-                                   exclusive_cp=exclusive_cp)
-    members = [SvcMember.uid(u) for u in uids] + [SvcMember.gid(g) for g in gids]
-    if len(members) > 2:
-        raise CxiUserError("Too many Service 'Members' provided")
+        members = [SvcMember.netns(netns)]
+    else:
+        members = [SvcMember.uid(u) for u in uids] + [SvcMember.gid(g) for g in gids]
+        if len(members) > 2:
+            raise CxiUserError("Too many Service 'Members' provided")
     desc = SvcDesc(vnis=vnis or None, members=members, tcs=tcs, limits=limits,
                    restricted_members=(bool(members) if restricted_members is None
                                        else restricted_members),
-                   restricted_vnis=bool(vnis) if restricted_vnis is None else restricted_vnis,
+                   restricted_vnis=(bool(vnis) if restricted_vnis is None or netns is not None
+                                    else restricted_vnis),
                    resource_limits=None if limits is None else True)
-    svc_id = dev.alloc_svc(desc)
-    if vni_range:
-        try:
-            dev.set_vni_range(svc_id, *vni_range)
+    plan = desc.to_dict()
+    for k in ("svc_id", "cntr_pool_id"):
+        del plan[k]
+    if not plan["resource_limits"]:
+        plan["limits"] = None  # the device fills in its totals
+    plan.update(netns=[] if netns is None else [netns], vni_range=list(vni_range or []) or None,
+                exclusive_cp=bool(exclusive_cp), lnis_per_rgid=lnis_per_rgid,
+                desc=None if netns is not None else desc)
+    return plan
+
+
+def build_service(dev, *, netns_method: str = "auto", lnis_per_rgid=None, **spec) -> int:
+    """Create a service the way ``cxi_service create`` means to, in a safe order.
+
+    Everything is validated (:func:`plan_service`) before the service exists.  A netns
+    service is made by :meth:`Device.alloc_netns_svc` (which binds the namespace after the
+    range and destroys a half-made service); a range service is left enabled.  With
+    ``lnis_per_rgid`` (``cxi_service -l N``) the new service gets that many LNIs per RGID;
+    if the device refuses, the service is destroyed.
+    """
+    plan = plan_service(lnis_per_rgid=lnis_per_rgid, **spec)
+    vni_range, exclusive_cp = spec.get("vni_range"), bool(spec.get("exclusive_cp"))
+    if plan["desc"] is None:
+        svc_id = dev.alloc_netns_svc(spec["netns"], spec.get("vnis") or None,
+                                     tcs=plan["tcs"] if plan["restricted_tcs"] else None,
+                                     limits=_limits_of(plan) if plan["limits"] else None,
+                                     method=netns_method, vni_range=vni_range,
+                                     exclusive_cp=exclusive_cp)
+        steps = []
+    else:
+        svc_id = dev.alloc_svc(plan["desc"])
+        steps = []
+        if vni_range:
+            steps += [lambda: dev.set_vni_range(svc_id, *vni_range)]
             if exclusive_cp:
-                dev.set_exclusive_cp(svc_id, True)
-            dev.svc_enable(svc_id, True)
-        except BaseException:
-            try:
-                dev.destroy_svc(svc_id)
-            except CxiError:
-                pass
-            raise
+                steps += [lambda: dev.set_exclusive_cp(svc_id, True)]
+            steps += [lambda: dev.svc_enable(svc_id, True)]
+    if lnis_per_rgid is not None:
+        steps.append(lambda: dev.set_svc_lpr(svc_id, lnis_per_rgid))
+    try:
+        for step in steps:
+            step()
+    except BaseException:
+        try:
+            dev.destroy_svc(svc_id)
+        except CxiError:
+            pass
+        raise
     return svc_id
+
+
+def _limits_of(plan: Dict[str, Any]) -> Dict[str, Tuple[int, int]]:
+    return {k: (v["max"], v["res"]) for k, v in plan["limits"].items()}
 
 
 # -- output -----------------------------------------------------------------
@@ -372,6 +418,82 @@ def _svc_id_of(args) -> None:
         raise CxiUserError("create is incompatible with -s / --svc-id")
 
 
+def _create_spec(args) -> Dict[str, Any]:
+    """The keyword arguments of :func:`plan_service` from ``create``'s command line."""
+    if args.yaml:
+        if args.vni or args.vni_range:
+            raise CxiUserError("--yaml and --vni/--vni-range exclude each other")
+        return _read_yaml(args.yaml)
+    return {"vnis": args.vni or None, "vni_range": args.vni_range,
+            "uids": args.uid, "gids": args.gid,
+            "netns": args.netns, "tcs": args.tc or None,
+            "limits": dict(args.limit) if args.limit else None,
+            "exclusive_cp": args.exclusive_cp}
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            return desc_from_yaml(f.read())
+    except OSError as e:
+        raise CxiLibError(e.errno or 2, "open", detail=path) from None
+
+
+def _update(dev, args) -> None:
+    """``update -s ID``: ``-l N`` (cxi_service 12.0's lnis_per_rgid), ``-y FILE`` (its
+    members, VNIs, TCs and restricted_* flags; the limits stay), ``--vni``/``--tc``,
+    ``--enable``/``--disable``.  ``--dry-run`` prints the stored and the updated service
+    (JSON: ``{"original": ..., "updated": ...}``) and changes nothing."""
+    from pycxi.svc import SvcMember
+
+    svc_id = args.svc_id
+    desc = dev.get_svc(svc_id)
+    new = desc.copy()
+    if args.yaml:
+        if args.vni or args.tc:
+            raise CxiUserError("--yaml and --vni/--tc exclude each other")
+        spec = _read_yaml(args.yaml)
+        if spec["netns"] is not None or spec["vni_range"]:
+            raise CxiUserError("update cannot bind a netns or set a VNI range "
+                               "(use set-netns, or create a new service)")
+        members = [SvcMember.uid(u) for u in spec["uids"]] + [SvcMember.gid(g) for g in spec["gids"]]
+        new.members = members
+        new.restricted_members = (bool(members) if spec["restricted_members"] is None
+                                  else spec["restricted_members"])
+        new.vnis = spec["vnis"] or []
+        new.restricted_vnis = (bool(spec["vnis"]) if spec["restricted_vnis"] is None
+                               else spec["restricted_vnis"])
+        tcs = spec["tcs"] or (list(DEFAULT_TCS) if spec["restricted_tcs"] else [])
+        new.tcs = tcs
+        new.restricted_tcs = bool(tcs) and spec["restricted_tcs"] is not False
+    if args.vni:
+        new.vnis = args.vni
+        new.restricted_vnis = True
+    if args.tc:
+        new.tcs = args.tc
+        new.restricted_tcs = True
+    if args.enable is not None:
+        new.enable = args.enable
+    changes_desc = new.to_dict() != desc.to_dict()
+    if not changes_desc and args.lnis_per_rgid is None:
+        raise CxiUserError("update needs something to change: -y FILE, -l N, --vni, --tc, "
+                           "--enable or --disable")
+    lpr_now = dev.get_svc_lpr(svc_id)
+    if args.dry_run or args.verbose:
+        show = {"original": dict(desc.to_dict(), lnis_per_rgid=lpr_now),
+                "updated": dict(new.to_dict(), lnis_per_rgid=(lpr_now if args.lnis_per_rgid is None
+                                                              else args.lnis_per_rgid))}
+        print(json.dumps(show, indent=2))
+        if args.dry_run:
+            print(f"Dry run: service {svc_id} not changed", file=sys.stderr)
+            return
+    if changes_desc:
+        dev.update_svc(new)
+    if args.lnis_per_rgid is not None:
+        dev.set_svc_lpr(svc_id, args.lnis_per_rgid)
+    print(f"Successfully updated service: {svc_id}", file=sys.stderr)
+
+
 def cmd_svc(args) -> int:
     _svc_id_of(args)
     with _open(args) as dev:
@@ -402,22 +524,19 @@ def cmd_svc(args) -> int:
             else:
                 _print_svc(info, True)
         elif a == "create":
-            if args.yaml:
-                if args.vni or args.vni_range:
-                    raise CxiUserError("--yaml and --vni/--vni-range exclude each other")
-                try:
-                    with open(args.yaml) as f:
-                        spec = desc_from_yaml(f.read())
-                except OSError as e:
-                    raise CxiLibError(e.errno or 2, "open", detail=args.yaml) from None
-            else:
-                spec = {"vnis": args.vni or None, "vni_range": args.vni_range,
-                        "uids": args.uid, "gids": args.gid,
-                        "netns": args.netns, "tcs": args.tc or None,
-                        "limits": dict(args.limit) if args.limit else None,
-                        "exclusive_cp": args.exclusive_cp}
-            svc_id = build_service(dev, netns_method=args.netns_method, **spec)
+            spec = _create_spec(args)
+            if args.dry_run:
+                plan = plan_service(lnis_per_rgid=args.lnis_per_rgid, **spec)
+                del plan["desc"]
+                print(json.dumps(plan, indent=2))
+                print(f"Dry run: service valid, not created on {dev.name}", file=sys.stderr)
+                return 0
+            svc_id = build_service(dev, netns_method=args.netns_method,
+                                   lnis_per_rgid=args.lnis_per_rgid, **spec)
             print(svc_id)
+            if args.verbose:  # stdout is the ID alone: the listing goes to stderr
+                with contextlib.redirect_stdout(sys.stderr):
+                    _print_svc(svc_info(dev, dev.get_svc(svc_id)), True)
             print(f"Successfully created service: {svc_id}", file=sys.stderr)
         elif a == "delete":
             if args.svc_id == 1:
@@ -428,15 +547,7 @@ def cmd_svc(args) -> int:
             dev.svc_enable(args.svc_id, a == "enable")
             print(f"Successfully {a}d service: {args.svc_id}", file=sys.stderr)
         elif a == "update":
-            desc = dev.get_svc(args.svc_id)
-            if args.vni:
-                desc.vnis = args.vni
-            if args.tc:
-                desc.tcs = args.tc
-                desc.restricted_tcs = True
-            if args.enable is not None:
-                desc.enable = args.enable
-            dev.update_svc(desc)
+            _update(dev, args)
         elif a == "rsrc":
             uses = [dev.svc_rsrc_use(args.svc_id)] if args.svc_id else dev.svc_rsrc_list()
             if args.json:
@@ -517,11 +628,30 @@ def _add_create_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--limit", type=_limit, action="append", default=[],
                    help="TYPE=MAX:RES, e.g. TLE=0:0 (sets resource_limits)")
     a.add_argument("--exclusive-cp", action="store_true")
+    _add_lpr_dry_run(a, "validate and print the service (JSON) without creating it")
+
+
+def _lnis_per_rgid(text: str) -> int:
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"lnis_per_rgid must be at least 1, got {v}")
+    return v
+
+
+def _add_lpr_dry_run(a: argparse.ArgumentParser, dry_help: str) -> None:
+    a.add_argument("-l", "--lnis-per-rgid", "--lnis_per_rgid", dest="lnis_per_rgid",
+                   type=_lnis_per_rgid, metavar="N",
+                   help="LNIs per RGID for the service (cxil_set_svc_lpr; N >= 1)")
+    a.add_argument("-D", "--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help=dry_help)
 
 
 def _add_update_args(a: argparse.ArgumentParser) -> None:
+    a.add_argument("-y", "--yaml", "--yaml-file", "--yaml_file", dest="yaml",
+                   help="cxi_service_template.yaml: members, VNIs, TCs (limits stay)")
     a.add_argument("--vni", type=_int, action="append", default=[])
     a.add_argument("--tc", action="append", default=[])
+    _add_lpr_dry_run(a, "print the stored and the updated service without changing it")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--enable", dest="enable", action="store_true", default=None)
     g.add_argument("--disable", dest="enable", action="store_false")
@@ -533,6 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     anywhere = argparse.ArgumentParser(add_help=False)
     anywhere.add_argument("-d", "--device", type=_device, default=argparse.SUPPRESS,
                           help="device, cxiN or N (default cxi0)")
+    anywhere.add_argument("-V", "--version", action="store_true", default=argparse.SUPPRESS,
+                          help="print the version and backend")
+    anywhere.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                          help="list: every field; create/update: also print the service")
     with_id = argparse.ArgumentParser(add_help=False, parents=[anywhere])
     with_id.add_argument("-s", "--svc-id", "--svc_id", dest="svc_id_opt", type=_svc_id,
                          default=None, metavar="ID", help="the service (as cxi_service's -s)")
@@ -542,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "delete, enable, disable, update (with -s ID, -y FILE).")
     p.add_argument("-d", "--device", type=_device, default=0, help="device, cxiN or N (default cxi0)")
     p.add_argument("-V", "--version", action="store_true", help="print the version and backend")
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     svc = sub.add_parser("svc", parents=[anywhere], help="list, create, change and delete services")
@@ -550,7 +685,6 @@ def build_parser() -> argparse.ArgumentParser:
     acts.required = True
     a = acts.add_parser("list", parents=[with_id], help="all services (or -s ID)")
     a.add_argument("--json", action="store_true")
-    a.add_argument("-v", "--verbose", action="store_true")
     a = acts.add_parser("show", parents=[with_id], help="one service")
     a.add_argument("svc_id", type=_svc_id, nargs="?")
     a.add_argument("--json", action="store_true")
@@ -578,7 +712,6 @@ def build_parser() -> argparse.ArgumentParser:
         a.set_defaults(func=cmd_svc, svc_action=name)
         if name == "list":
             a.add_argument("--json", action="store_true")
-            a.add_argument("-v", "--verbose", action="store_true")
         elif name == "create":
             _add_create_args(a)
         else:

@@ -12,6 +12,7 @@ import os
 import tarfile
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from coreutil import netns_inode_of, pycxi_cli
 from test_core_cli import cli
@@ -201,3 +202,159 @@ def test_vni_controller_passes_its_flags_through():
     rc, out, err = cli("-d", "cxi0", "vni", "controller", "--no-such-flag")
     assert rc == 2 and "unrecognized arguments: --no-such-flag" in err
     assert "python -m pycxi.vni.controller" in err
+
+
+# -- cxi_service's -l, --dry-run and underscore spellings ------------------------------------
+def _svcs():
+    return {s["svc_id"]: s for s in json.loads(cli("list", "--json")[1])}
+
+
+def test_lnis_per_rgid_on_create_and_update(sim_root, tmp_path):
+    y = tmp_path / "svc.yaml"
+    y.write_text("vnis:\n  vni: 500\n")
+    rc, out, err = cli("create", "--yaml_file", str(y), "-l", "4")
+    assert rc == 0, err
+    svc = int(out)
+    assert _svcs()[svc]["lnis_per_rgid"] == 4
+    rc, out, err = cli("svc", "create", "--vni-range", "64-127", "--lnis_per_rgid", "2")
+    assert rc == 0, err
+    assert _svcs()[int(out)]["lnis_per_rgid"] == 2 and _svcs()[int(out)]["vni_range"] == [64, 127]
+    # cxi_service 12.0's `update -s ID -l N`; with --dry-run nothing changes
+    rc, out, err = cli("update", "--svc_id", str(svc), "-l", "6", "--dry_run")
+    assert rc == 0, err
+    shown = json.loads(out)
+    assert (shown["original"]["lnis_per_rgid"], shown["updated"]["lnis_per_rgid"]) == (4, 6)
+    assert _svcs()[svc]["lnis_per_rgid"] == 4
+    assert cli("update", "-s", str(svc), "-l", "6")[0] == 0
+    assert _svcs()[svc]["lnis_per_rgid"] == 6
+    # N >= 1 (as cxi_service); what the device refuses destroys the new service again
+    before = _svcs()
+    rc, _, err = cli("create", "-y", str(y), "-l", "0")
+    assert rc == 2 and "at least 1" in err
+    rc, _, err = cli("create", "-y", str(y), "-l", "9")
+    assert rc == 1 and "cxil_set_svc_lpr" in err and "EINVAL" in err
+    assert _svcs() == before
+
+
+def test_dry_run_spellings_create_nothing(sim_root, tmp_path):
+    y = tmp_path / "svc.yaml"
+    y.write_text("restricted_members: 1\nvnis:\n  vni: 7\nmembers:\n  - type: uid\n    id: 9\n")
+    before = _svcs()
+    for flag in ("-D", "--dry-run", "--dry_run"):
+        rc, out, err = cli("create", flag, "--yaml-file", str(y))
+        assert rc == 0, err
+        plan = json.loads(out)
+        assert plan["vnis"] == [7] and plan["members"] == [{"type": "uid", "id": 9}]
+        assert "not created on cxi0" in err
+    # an invalid request fails the dry run with the error a real create gives
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vnis:\n  vni_min: 64\n  vni_max: 100\n")
+    assert cli("create", "-D", "-y", str(bad))[:3:2] == cli("create", "-y", str(bad))[:3:2]
+    assert cli("create", "-D", "-y", str(bad))[0] == 2
+    assert _svcs() == before
+
+
+def test_version_and_verbose_anywhere(sim_root):
+    rc, out, _ = cli("list", "-V")
+    assert rc == 0 and out.startswith("pycxi ")
+    rc, out, err = cli("create", "--vni", "12", "-v")
+    assert rc == 0 and out.strip().isdigit()
+    assert f" ID: {out.strip()}\n" in err and "VNIs               : 12" in err
+
+
+def test_update_from_yaml_keeps_limits(sim_root, tmp_path):
+    rc, out, err = cli("svc", "create", "--vni", "20", "--limit", "AC=3:1")
+    assert rc == 0, err
+    svc = out.strip()
+    y = tmp_path / "upd.yaml"
+    y.write_text("restricted_members: 1\nrestricted_tcs: 1\nvnis:\n  vni: 21\n  vni: 22\n"
+                 "members:\n  - type: gid\n    id: 44\n")
+    assert cli("update", "-s", svc, "-y", str(y), "--dry-run")[0] == 0
+    assert _svcs()[int(svc)]["vnis"] == [20]
+    rc, _, err = cli("update", "-s", svc, "-y", str(y))
+    assert rc == 0, err
+    info = _svcs()[int(svc)]
+    assert info["vnis"] == [21, 22] and info["members"] == [{"type": "gid", "id": 44}]
+    assert info["restricted_tcs"] and sorted(info["tcs"]) == sorted(ALL_FOUR)
+    assert info["limits"]["AC"] == {"max": 3, "res": 1}
+    rc, _, err = cli("update", "-s", svc)
+    assert rc == 2 and "needs something to change" in err
+
+
+# The dry run's output is the service a real create makes (as `svc show --json` reports it).
+_spec = st.fixed_dictionaries({
+    "vni": st.one_of(st.lists(st.integers(1, 4000), min_size=1, max_size=5, unique=True),
+                     st.sampled_from([(64, 127), (256, 256), (100, 131), (1024, 2047)])),
+    "uid": st.lists(st.integers(0, 70000), max_size=2),
+    "gid": st.lists(st.integers(0, 70000), max_size=2),
+    "tc": st.lists(st.sampled_from(ALL_FOUR), max_size=2, unique=True),
+    "limit": st.dictionaries(st.sampled_from(["ACs", "LEs", "TLEs", "PTEs"]),
+                             st.tuples(st.integers(0, 40), st.integers(0, 4)), max_size=2),
+    "lpr": st.one_of(st.none(), st.integers(1, 8)),
+    "exclusive_cp": st.booleans(),
+})
+
+
+def _run_main(argv):
+    import contextlib
+    import io
+
+    from pycxi.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=_spec)
+def test_dry_run_is_what_create_makes(sim_root, spec):
+    argv = ["create"]
+    if isinstance(spec["vni"], tuple):
+        argv += ["--vni-range", "%d-%d" % spec["vni"]]
+    else:
+        for v in spec["vni"]:
+            argv += ["--vni", str(v)]
+    for k in ("uid", "gid", "tc"):
+        for v in spec[k]:
+            argv += [f"--{k}", str(v)]
+    for name, (mx, res) in spec["limit"].items():
+        argv += ["--limit", f"{name}={mx}:{res}"]
+    if spec["lpr"] is not None:
+        argv += ["-l", str(spec["lpr"])]
+    if spec["exclusive_cp"]:
+        argv += ["--exclusive-cp"]
+    before = _run_main(["list", "--json"])[1]
+    assert [s["svc_id"] for s in json.loads(before)] == [1]
+    drc, dout, derr = _run_main(argv + ["--dry-run"])
+    assert _run_main(["list", "--json"])[1] == before
+    rc, out, err = _run_main(argv)
+    if drc != 0:  # what the dry run refuses, create refuses the same way
+        assert (rc, err) == (drc, derr) and _run_main(["list", "--json"])[1] == before
+        return
+    if rc == 1:  # the device's own rules (free resources, duplicate members): it refuses,
+        # and nothing is left behind
+        assert err.startswith("pycxi: cxil_") and _run_main(["list", "--json"])[1] == before
+        return
+    assert rc == 0, err
+    svc = int(out)
+    try:
+        made = json.loads(_run_main(["svc", "show", str(svc), "--json"])[1])
+    finally:
+        assert _run_main(["delete", "-s", str(svc)])[0] == 0
+    plan = json.loads(dout)
+    if plan["lnis_per_rgid"] is None:
+        plan["lnis_per_rgid"] = 1  # the device's default
+    if not plan["restricted_vnis"]:
+        del plan["vnis"]  # a range service's descriptor holds no VNI list
+    if plan["limits"] is None:
+        del plan["limits"]  # no resource limits: the device's totals
+    else:  # the device's rule, not the request's: a TLE pool reserves at least 8, max = res
+        want, got = plan["limits"].pop("TLE"), made["limits"].pop("TLE")
+        assert got["res"] >= want["res"] and got["max"] == got["res"]
+    for k, v in plan.items():
+        assert made[k] == v, (k, v, made[k])

@@ -1,10 +1,12 @@
 """`kubectl apply -k deploy/`: the one-command install renders to valid manifests whose only
 operator settings are the two images and the VNI ranges.
 
-No cluster and, in CI, no kustomize: deploy/ is rendered by tests/kustomize_lite.py (what
-the layout uses, as kustomize does it) and each document is validated against the
-Kubernetes schema (kubernetes-validate).  Where a kubectl with kustomize v4+ is on PATH,
-its own rendering is compared with ours too.
+No cluster: deploy/ is rendered by tests/kustomize_lite.py (what the layout uses, as
+kustomize does it) and each document is validated against the Kubernetes schema
+(kubernetes-validate).  Where a kubectl with kustomize v4+ is on PATH (this machine image
+ships kubectl 1.32; Debian's apt has only 1.20, too old for these kustomizations), its own
+rendering is compared with ours, and `kubectl apply -k` runs against the fake API server
+(tests/vni_k8s/fakeapi.py; no kube-apiserver can be installed here).
 """
 import json
 import os
@@ -77,10 +79,12 @@ def test_images_and_ranges_are_the_settings():
 
 
 def _overlay(tmp_path, images, ranges):
-    """deploy/kustomization.yaml with the operator's three settings changed (bases by absolute path)."""
+    """deploy/kustomization.yaml with the operator's three settings changed, in another
+    directory (bases by relative path: kustomize refuses absolute ones)."""
     with open(os.path.join(DEPLOY, "kustomization.yaml")) as f:
         k = yaml.safe_load(f)
-    k["resources"] = [os.path.normpath(os.path.join(DEPLOY, r)) for r in k["resources"]]
+    k["resources"] = [os.path.relpath(os.path.join(DEPLOY, r), str(tmp_path))
+                      for r in k["resources"]]
     for rule in k["images"]:
         rule["newName"], rule["newTag"] = images[rule["name"]]
     [p] = k["patches"]
@@ -128,13 +132,71 @@ def _kubectl_kustomize():
 def test_matches_real_kustomize_when_available(where):
     exe = _kubectl_kustomize()
     if not exe:
-        pytest.skip("no kubectl with kustomize v4+ on PATH (not installed in CI): "
+        pytest.skip("no kubectl with kustomize v4+ on PATH (Debian's kubernetes-client is 1.20): "
                     "the Python rendering is the check")
     r = subprocess.run([exe, "kustomize", where], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     theirs = {_key(d): d for d in yaml.safe_load_all(r.stdout) if d}
     ours = {_key(d): d for d in build(where)}
     assert theirs == ours
+
+
+def _kubectl(exe, kc, *args):
+    return subprocess.run([exe, "--kubeconfig", kc, *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("overlay", ["deploy", "operator-overlay", "k3s"])
+def test_kubectl_apply_k_against_the_fake_api_server(tmp_path, overlay):
+    """docs/deploy.md step 3 as written (`kubectl apply -k deploy/`), an operator's overlay,
+    and cni/k3s/README.md step 4 (`kubectl apply -k cni/k3s/`), with the real kubectl against
+    tests/vni_k8s/fakeapi.py: every rendered object is created as rendered, and a second
+    apply creates nothing.
+
+    The fake serves no OpenAPI document (so --validate=false; the schema check is
+    kubernetes-validate above) and no server-side apply (plain client-side apply only)."""
+    exe = _kubectl_kustomize()
+    if not exe:
+        pytest.skip("no kubectl with kustomize v4+ on PATH (Debian's kubernetes-client is 1.20)")
+    pytest.importorskip("kmock")
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "tests", "vni_k8s"))
+    from fakeapi import FakeApiServer, write_kubeconfig
+
+    where = os.path.join(REPO, "cni", "k3s") if overlay == "k3s" else DEPLOY
+    if overlay == "operator-overlay":
+        (tmp_path / "ov").mkdir()
+        where = _overlay(tmp_path / "ov", {"ghcr.io/pycxi/pycxi": ("reg.example/hpc/vni", "7"),
+                                          "pycxi-cni": ("reg.example/hpc/cni", "7-shs13.1")},
+                         "4096-8191")
+    want = {_key(d): d for d in build(where)}
+    with FakeApiServer() as srv:
+        kc = write_kubeconfig(str(tmp_path / "kubeconfig.json"), srv.url)
+        r = _kubectl(exe, kc, "apply", "-k", where, "--validate=false")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert len(re.findall(r" created$", r.stdout, re.M)) == len(want), r.stdout
+        r = _kubectl(exe, kc, "get", "-k", where, "-o", "json")
+        assert r.returncode == 0, r.stderr
+        got = {_key(d): d for d in json.loads(r.stdout)["items"]}
+        assert set(got) == set(want)
+        for key, d in want.items():
+            o = got[key]
+            for k in set(d) - {"metadata", "status"}:
+                assert o[k] == d[k], (key, k)
+            assert o["metadata"].get("labels") == d["metadata"].get("labels"), key
+            ann = dict(o["metadata"].get("annotations") or {})
+            assert json.loads(ann.pop("kubectl.kubernetes.io/last-applied-configuration"))
+            assert ann == (d["metadata"].get("annotations") or {}), key
+        if overlay == "operator-overlay":
+            ctl = got[("Deployment", "pycxi-vni", "pycxi-vni-controller")]
+            assert ctl["spec"]["template"]["spec"]["containers"][0]["image"] == \
+                "reg.example/hpc/vni:7"
+        # again: nothing created; kubectl re-sends a PodDisruptionBudget's selector every
+        # time (its patch strategy is "replace"), so that one says "configured"
+        r = _kubectl(exe, kc, "apply", "-k", where, "--validate=false")
+        assert r.returncode == 0, r.stdout + r.stderr
+        changed = [ln for ln in r.stdout.splitlines() if not ln.endswith(" unchanged")]
+        assert changed == ["poddisruptionbudget.policy/pycxi-vni-controller configured"], r.stdout
 
 
 # -- the k3s recipe ----------------------------------------------------------------------

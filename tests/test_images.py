@@ -208,3 +208,16 @@ def test_docs_give_the_build_commands_the_containerfiles_give():
         assert cmd in doc, cmd
     for glibc in ("2.28", "2.31", "2.34"):
         assert glibc in doc
+
+
+def test_controller_bases_are_args_the_offline_script_sets():
+    """deploy/controller/Containerfile's bases are ARGs (defaults: the python images that
+    docs/images.md names); scripts/build-images-offline.sh overrides exactly those."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", open(CONTROLLER).read(), re.M))
+    st = stages(CONTROLLER)
+    assert [s["base"] for s in st] == ["${BUILD_BASE}", "${RUNTIME_BASE}"]
+    assert args["BUILD_BASE"] == "docker.io/library/python:3.12-bookworm"
+    assert args["RUNTIME_BASE"] == "docker.io/library/python:3.12-slim-bookworm"
+    script = open(os.path.join(REPO, "scripts", "build-images-offline.sh")).read()
+    assert set(re.findall(r"--build-arg (\w+)=", script)) == {"BUILD_BASE", "RUNTIME_BASE"}
+    assert "-f deploy/controller/Containerfile" in script

@@ -159,6 +159,67 @@ def test_patched_cxi_service_shows_netns_members(fronts, sim_env, netns_factory)
     assert ("netns", ino) in svc["members"], r.stdout
 
 
+def _lpr(env, sid):
+    return _svc_list_json(env)[sid]["lnis_per_rgid"]
+
+
+def test_lnis_per_rgid_and_dry_run_next_to_cxi_service(fronts, sim_env, tmp_path):
+    """cxi_service's -l and --dry-run, HPE's tool next to pycxi on one device.
+
+    12.0.2's tool uses them in `update`: `-l N` sets lnis_per_rgid, `--dry-run -y FILE` prints
+    the stored and the updated service and changes nothing; pycxi's update does the same.
+    14.0.0 still parses both (long options only for the dry run: -D is no option) but ignores
+    them: its create makes the service, with the default lnis_per_rgid, even with --dry-run.
+    pycxi applies -l to the service it creates and creates nothing on a dry run
+    (docs/cli.md says so)."""
+    yml = tmp_path / "svc.yaml"
+    yml.write_text("vnis:\n  vni: 2042\n")
+    t14 = os.path.join(fronts["14.0.0"][0], "bin", "cxi_service")
+    t12 = os.path.join(fronts["12.0.2"][0], "bin", "cxi_service")
+    r = _hpe(fronts, "14.0.0", sim_env, t14, "create", "--dry-run", "-l", "4", "-y", str(yml))
+    assert r.returncode == 0, r.stdout + r.stderr
+    [sid] = [s for s in _svc_list_json(sim_env) if s != 1]
+    assert _lpr(sim_env, sid) == 1
+    r = _hpe(fronts, "14.0.0", sim_env, t14, "-D", "create", "-y", str(yml))
+    assert r.returncode == 1 and "invalid option" in r.stderr
+    r = _hpe(fronts, "14.0.0", sim_env, t14, "update", "-s", str(sid), "-l", "2")
+    assert r.returncode == 1 and "deprecated" in r.stderr
+    # pycxi: -l on create, read back by HPE's tool; a dry run creates nothing
+    r = subprocess.run(PYCXI + ["create", "-l", "4", "-y", str(yml)], env=sim_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ours = int(r.stdout)
+    r = _hpe(fronts, "14.0.0", sim_env, t14, "list", "-s", str(ours))
+    assert re.search(r"LNIs/RGID\s*:\s*4\n", r.stdout), r.stdout + r.stderr
+    before = _svc_list_json(sim_env)
+    r = subprocess.run(PYCXI + ["create", "--dry-run", "-l", "4", "-y", str(yml)], env=sim_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["lnis_per_rgid"] == 4, r.stderr
+    assert _svc_list_json(sim_env) == before
+    # 12.0.2's update -l and pycxi's update -l, each read back by the other
+    r = _hpe(fronts, "12.0.2", sim_env, t12, "update", "-s", str(sid), "-l", "3")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _lpr(sim_env, sid) == 3
+    r = subprocess.run(PYCXI + ["update", "--svc_id", str(sid), "-l", "5"], env=sim_env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = _hpe(fronts, "12.0.2", sim_env, t12, "list", "-s", str(sid))
+    assert re.search(r"LNIs/RGID\s*:\s*5\n", r.stdout), r.stdout + r.stderr
+    # a dry-run update from a template changes nothing, in either tool
+    upd = tmp_path / "upd.yaml"
+    upd.write_text("restricted_members: 1\nvnis:\n  vni: 2043\nmembers:\n  - type: uid\n"
+                   "    id: 5\n")
+    before = _svc_list_json(sim_env)
+    r = _hpe(fronts, "12.0.2", sim_env, t12, "update", "--dry_run", "-s", str(sid),
+             "--yaml_file", str(upd))
+    assert r.returncode == 0 and "Updated Service" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run(PYCXI + ["update", "--dry_run", "-s", str(sid), "--yaml_file", str(upd)],
+                       env=sim_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["updated"]["members"] == [{"type": "uid", "id": 5}]
+    assert _svc_list_json(sim_env) == before
+
+
 # -- pycxi built against HPE's libcxi runs its core tests on the software device -----------
 CORE_TESTS = ["tests/test_core_rules.py", "tests/test_core_isolation.py", "tests/test_core_props.py"]
 

@@ -83,7 +83,7 @@ ip -n "$HOSTNS" link set lo up
 NS_A=$("${P[@]}" inspect ca --format '{{.NetworkSettings.SandboxKey}}')
 NS_B=$("${P[@]}" inspect cb --format '{{.NetworkSettings.SandboxKey}}')
 SVC_A=$("$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['services'][0]['svc'])" \
-        "$(ls "$SCRATCH"/state/tenant-a/*.json)")
+        "$(ls "$SCRATCH"/state/_networks/tenant-a/*.json)")   # the record (docs/cni.md, state layout)
 echo "container ca: netns $NS_A (inode $(stat -L -c %i "$NS_A")), CXI service $SVC_A on VNI $VNI_A"
 
 echo "--- access from ca's netns (allowed):"

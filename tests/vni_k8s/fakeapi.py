@@ -18,8 +18,16 @@ way the real API server behaves:
 * list: equality-based ``labelSelector`` (``a=b,c!=d,e,!f``);
 * all writes are serialized (the real server serializes per key in etcd).
 
+* discovery: the core group's APIResourceList says ``groupVersion: v1`` (kmock: "/v1"),
+  which kubectl needs to map core kinds; deploy/'s kinds (RBAC, admission policies, ...)
+  are served, and /api/v1/namespaces[/NAME] is the Namespace resource (kmock takes it
+  for a namespace prefix), so that ``kubectl apply -k deploy/`` runs against it
+  (tests/test_deploy.py).
+
 Still missing (and not relied upon): schema validation, strategic merge patch (merge
-patch is used instead), server-side apply, garbage collection, namespace lifecycle.
+patch is used instead), server-side apply, garbage collection, namespace lifecycle,
+protobuf bodies (``kubectl create`` sends protobuf for built-in kinds; ``kubectl apply``
+sends JSON) and the OpenAPI document (``kubectl apply --validate=false``).
 
 Run standalone (for a controller subprocess or the benchmark)::
 
@@ -40,7 +48,7 @@ from typing import Any, Optional
 
 import aiohttp.web
 import kmock
-from kmock._internal import enums, rendering
+from kmock._internal import enums, parsing, rendering
 
 GROUP = "vni.pycxi.dev"
 
@@ -61,6 +69,18 @@ RESOURCES = [
     ("batch.volcano.sh/v1alpha1/jobs", True, "Job", True),
     (f"{GROUP}/v1alpha1/vnis", False, "Vni", True),
     (f"{GROUP}/v1alpha1/vniclaims", True, "VniClaim", True),
+    # what deploy/ holds besides, so that `kubectl apply -k deploy/` finds every kind
+    ("v1/serviceaccounts", True, "ServiceAccount", False),
+    ("v1/services", True, "Service", True),
+    ("rbac.authorization.k8s.io/v1/roles", True, "Role", False),
+    ("rbac.authorization.k8s.io/v1/rolebindings", True, "RoleBinding", False),
+    ("rbac.authorization.k8s.io/v1/clusterroles", False, "ClusterRole", False),
+    ("rbac.authorization.k8s.io/v1/clusterrolebindings", False, "ClusterRoleBinding", False),
+    ("admissionregistration.k8s.io/v1/validatingadmissionpolicies", False,
+     "ValidatingAdmissionPolicy", True),
+    ("admissionregistration.k8s.io/v1/validatingadmissionpolicybindings", False,
+     "ValidatingAdmissionPolicyBinding", False),
+    ("policy/v1/poddisruptionbudgets", True, "PodDisruptionBudget", True),
 ]
 
 
@@ -84,6 +104,25 @@ def _match_selector(labels: dict, selector: str) -> bool:
         elif term not in labels:
             return False
     return True
+
+
+_kmock_parse_path = parsing.parse_path
+
+
+def _parse_path(path: str) -> Any:
+    """kmock reads /api/v1/namespaces[/NAME[/status]] as a namespace prefix with no
+    resource after it (and fails on the bare collection); these paths are the Namespace
+    resource itself."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and (
+            len(parts) <= 4 or (len(parts) == 5 and parts[4] in ("status", "finalize"))):
+        return parsing.ParsedPath("", "v1", "namespaces", None,
+                                  parts[3] if len(parts) > 3 else None,
+                                  parts[4] if len(parts) > 4 else None)
+    return _kmock_parse_path(path)
+
+
+parsing.parse_path = _parse_path
 
 
 class _Conflict(kmock.KubernetesError):
@@ -153,6 +192,12 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
         self.lost: dict = {}
         self._wlock: Optional[asyncio.Lock] = None
         self.writes = 0
+
+    async def _serve_version(self, request: Any) -> Any:
+        doc = await super()._serve_version(request)
+        if doc.get("groupVersion", "").startswith("/"):  # kmock says "/v1" for the core group
+            doc["groupVersion"] = doc["groupVersion"][1:]
+        return doc
 
     async def _render_error(self, exc: Exception) -> Any:
         # kmock formats a traceback into every error; 404/409 are routine here
