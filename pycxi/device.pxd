@@ -23,6 +23,7 @@ cdef class Lni(CxiObject):
     cdef readonly unsigned int svc_id
     cdef void *_head              # its open objects: an intrusive list, no weakrefs
     cdef cxil_lni *_live(self) except NULL
+    cdef object _alloc_trig_cp(self, object vni, object tc, object tc_type, object cp_type)
 
 
 cdef class LniObject(CxiObject):

@@ -484,27 +484,40 @@ cdef class Lni(CxiObject):
 
     def alloc_cp(self, vni, tc="BEST_EFFORT", tc_type=0):
         """Allocate a communication profile (``cxil_alloc_cp``): checks VNI and TC."""
-        return self.alloc_trig_cp(vni, tc, tc_type, _ANY_LCID)
+        return self._alloc_trig_cp(vni, tc, tc_type, _ANY_LCID)
 
     def alloc_trig_cp(self, vni, tc="BEST_EFFORT", tc_type=0, cp_type=_ANY_LCID):
         """``cxil_alloc_trig_cp``: ``cp_type`` 0 (TRIG_LCID) asks for LCID 0, 1
         (NON_TRIG_LCID) for another one, 2 (ANY_LCID) for any, as ``alloc_cp`` does."""
+        return self._alloc_trig_cp(vni, tc, tc_type, cp_type)
+
+    cdef object _alloc_trig_cp(self, object vni, object tc, object tc_type, object cp_type):
         cdef Cp c = Cp.__new__(Cp)
         cdef cxil_lni *lni = self._live()
-        if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _U32_MAX:
-            raise CxiUserError(f"VNI {vni!r} is not valid")
-        t = tc if isinstance(tc, int) and not isinstance(tc, bool) and 0 <= tc < 8 else tc_index(tc)
-        if isinstance(tc_type, bool) or not isinstance(tc_type, int) or not 0 <= tc_type < 4:
-            raise CxiUserError(f"tc_type must be 0..3, got {tc_type!r}")
-        if isinstance(cp_type, bool) or not isinstance(cp_type, int) or not 0 <= cp_type <= _ANY_LCID:
-            raise CxiUserError(f"cp_type must be 0..2 (TRIG_LCID, NON_TRIG_LCID, ANY_LCID), "
-                               f"got {cp_type!r}")
-        cdef int rc = cxil_alloc_trig_cp(lni, vni, <cxi_traffic_class>t,
-                                         <cxi_traffic_class_type>tc_type, <cxi_trig_cp>cp_type,
-                                         &c.cp)
+        cdef uint32_t v, t, tt, ct
+        # exact ints and TC names take C paths; anything else the general checks
+        if not _is_u32(vni, &v):
+            if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _U32_MAX:
+                raise CxiUserError(f"VNI {vni!r} is not valid")
+            v = vni
+        if type(tc) is str and tc in _TC_BY_NAME:
+            t = _TC_BY_NAME[tc]
+        elif not (_is_u32(tc, &t) and t < 8):
+            t = tc if isinstance(tc, int) and not isinstance(tc, bool) and 0 <= tc < 8 else tc_index(tc)
+        if not (_is_u32(tc_type, &tt) and tt < 4):
+            if isinstance(tc_type, bool) or not isinstance(tc_type, int) or not 0 <= tc_type < 4:
+                raise CxiUserError(f"tc_type must be 0..3, got {tc_type!r}")
+            tt = tc_type
+        if not (_is_u32(cp_type, &ct) and ct <= <uint32_t>_ANY_LCID):
+            if isinstance(cp_type, bool) or not isinstance(cp_type, int) or not 0 <= cp_type <= _ANY_LCID:
+                raise CxiUserError(f"cp_type must be 0..2 (TRIG_LCID, NON_TRIG_LCID, ANY_LCID), "
+                                   f"got {cp_type!r}")
+            ct = cp_type
+        cdef int rc = cxil_alloc_trig_cp(lni, v, <cxi_traffic_class>t,
+                                         <cxi_traffic_class_type>tt, <cxi_trig_cp>ct, &c.cp)
         if rc < 0:
             c.cp = NULL
-            raise from_rc(rc, "cxil_alloc_cp" if cp_type == _ANY_LCID else "cxil_alloc_trig_cp",
+            raise from_rc(rc, "cxil_alloc_cp" if ct == <uint32_t>_ANY_LCID else "cxil_alloc_trig_cp",
                           detail=f"VNI {vni}")
         return _adopt(self, c, 0)
 
@@ -516,6 +529,7 @@ cdef class Lni(CxiObject):
         cdef cxil_lni *lni = self._live()
         cdef Py_buffer view
         cdef uint32_t f = _MAP_DEFAULT if flags is None else _u32(flags, "map flags")
+        cdef int rc
         PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
         try:
             rc = cxil_map(lni, view.buf, view.len, f, NULL, &m.md)
@@ -608,16 +622,27 @@ cdef class Lni(CxiObject):
 
 
 cdef int _ANY_LCID = 2            # enum cxi_trig_cp: TRIG_LCID, NON_TRIG_LCID, ANY_LCID
+_TC_BY_NAME = {n: i for i, n in enumerate(TC_NAMES)}   # alloc_cp's common case
 cdef uint32_t _MAP_DEFAULT = CXI_MAP_PIN | CXI_MAP_READ | CXI_MAP_WRITE
 
 
-cdef inline uint32_t _u32(object v, str what) except? 0xFFFFFFFF:
+cdef inline bint _is_u32(object v, uint32_t *out):
+    """The common case, without Python-level comparisons: an int 0..2**32-1."""
     cdef int overflow = 0
     cdef long long x
-    if type(v) is int:   # the common case, without Python-level comparisons
-        x = PyLong_AsLongLongAndOverflow(v, &overflow)
-        if not overflow and 0 <= x < 0xFFFFFFFF:
-            return <uint32_t>x
+    if type(v) is not int:
+        return False
+    x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow or (x >> 32) != 0:
+        return False
+    out[0] = <uint32_t>x
+    return True
+
+
+cdef inline uint32_t _u32(object v, str what) except? 0xFFFFFFFF:
+    cdef uint32_t x
+    if _is_u32(v, &x):
+        return x
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U32_MAX:
         raise CxiUserError(f"{what}: expected an integer 0..{_U32_MAX}, got {v!r}")
     if v == _U32_MAX:
@@ -652,8 +677,8 @@ cdef object _adopt(Lni lni, LniObject child, int rank):
 cdef class LniObject(CxiObject):
     """An object allocated on an :class:`Lni` (created by its ``alloc_*``/``map``)."""
 
-    def __dealloc__(self):
-        self._unlink()
+    # No __dealloc__ here: each type's own releases its C object, then unlinks it
+    # (one __dealloc__ per object freed, not two: each costs an exception save/restore).
 
     cdef void _unlink(self):
         # borrowed pointers: an object leaves its LNI's list when closed or freed
@@ -682,7 +707,6 @@ cdef class LniObject(CxiObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Domain(LniObject):
     """A domain (VNI, PID) allocated on an LNI."""
@@ -694,6 +718,7 @@ cdef class Domain(LniObject):
         if self.dom != NULL:
             cxil_destroy_domain(self.dom)
             self.dom = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.dom == NULL
@@ -715,7 +740,6 @@ cdef class Domain(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Cp(LniObject):
     """A communication profile allocated on an LNI (``lcid`` is what a TXQ names)."""
@@ -727,6 +751,7 @@ cdef class Cp(LniObject):
         if self.cp != NULL:
             cxil_destroy_cp(self.cp)
             self.cp = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.cp == NULL
@@ -748,7 +773,6 @@ cdef class Cp(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Md(LniObject):
     """A memory descriptor (``cxil_map``); :meth:`close` is ``cxil_unmap``.  Its AC stays
@@ -761,6 +785,7 @@ cdef class Md(LniObject):
         if self.md != NULL:
             cxil_unmap(self.md)
             self.md = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.md == NULL
@@ -793,7 +818,6 @@ cdef class Md(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Eq(LniObject):
     """An event queue (``cxil_alloc_evtq``); ``EBUSY`` on close while a PTE or CQ uses it."""
@@ -805,6 +829,7 @@ cdef class Eq(LniObject):
         if self.eq != NULL:
             cxil_destroy_evtq(self.eq)
             self.eq = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.eq == NULL
@@ -822,7 +847,6 @@ cdef class Eq(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Pte(LniObject):
     """A portal table entry (``cxil_alloc_pte``)."""
@@ -834,6 +858,7 @@ cdef class Pte(LniObject):
         if self.pte != NULL:
             cxil_destroy_pte(self.pte)
             self.pte = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.pte == NULL
@@ -851,7 +876,6 @@ cdef class Pte(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Cq(LniObject):
     """A command queue (``cxil_alloc_cmdq``): a TXQ if ``transmit``, else a TGQ."""
@@ -863,6 +887,7 @@ cdef class Cq(LniObject):
         if self.cq != NULL:
             cxil_destroy_cmdq(self.cq)
             self.cq = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.cq == NULL
@@ -880,7 +905,6 @@ cdef class Cq(LniObject):
 
 
 @cython.no_gc_clear   # its LNI must outlive it: see LniObject._unlink
-@cython.freelist(8)
 @cython.final
 cdef class Ct(LniObject):
     """A counting event (``cxil_alloc_ct``)."""
@@ -892,6 +916,7 @@ cdef class Ct(LniObject):
         if self.ct != NULL:
             cxil_destroy_ct(self.ct)
             self.ct = NULL
+        self._unlink()
 
     cdef bint _is_closed(self):
         return self.ct == NULL

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import pycxi
-from pycxi import CxiLibError, SvcDesc
+from pycxi import CxiLibError, SvcDesc, SvcMember
 from pycxi.device import sim_check, sim_status
 
 from coreutil import run_forked
@@ -112,6 +112,35 @@ def test_svc_max_all_types_on_one_lni(dev):
     assert len({p.ptn for p in ptes} | {q.size for q in txqs + tgqs}) >= n
     lni.close()
     assert set(use(dev, svc_id).values()) == {0}
+    dev.destroy_svc(svc_id)
+
+
+def test_svc_change_uid_membership_is_checked_at_the_lni(dev):
+    """svc_change_uid: membership is checked when an LNI is allocated, not for what is
+    allocated on it.  Root takes an LNI and a CP on a service whose only member is uid 0,
+    drops to nobody with seteuid, and still maps memory and allocates on that LNI; a new
+    LNI as nobody is EPERM."""
+    svc_id = dev.alloc_svc(SvcDesc(vnis=[8], members=[SvcMember.uid(0)],
+                                   limits=limits(AC=1, CT=1)))
+    lni = dev.alloc_lni(svc_id)
+    cp = lni.alloc_cp(8)
+    buf = mmap.mmap(-1, PAGE)
+    os.seteuid(65534)
+    try:
+        md = lni.map(buf)
+        ct = lni.alloc_ct()
+        with pytest.raises(CxiLibError) as e:
+            dev.alloc_lni(svc_id)
+    finally:
+        os.seteuid(0)
+    assert e.value.errno == errno.EPERM
+    assert use(dev, svc_id)["AC"] == 1 and use(dev, svc_id)["CT"] == 1
+    md.close()
+    ct.close()
+    cp.close()
+    lni.close()
+    assert set(use(dev, svc_id).values()) == {0}
+    sim_check()
     dev.destroy_svc(svc_id)
 
 
