@@ -206,7 +206,6 @@ def build_registry(rec: Reconciler, lease: Optional[Lease] = None) -> Any:
         settings.posting.reporting_component = "pycxi-vni-controller"
         settings.posting.reporting_instance = rec.config.identity
         settings.execution.max_workers = 16
-        settings.batching.batch_window = 0.05
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
         rt.loop = asyncio.get_running_loop()
@@ -285,6 +284,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--no-leader-election", action="store_true",
                     help="every replica writes (correct, but more API traffic)")
     ap.add_argument("--lease-duration", type=float, help="leader Lease duration, seconds")
+    ap.add_argument("--allocation-events", action="store_true",
+                    help="also post a Normal Event for every allocation (one more API write per "
+                         "workload; Warnings are always posted)")
     ap.add_argument("--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     ap.add_argument("--log-format", choices=("plain", "json"), default="json")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -307,6 +309,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.lease_duration = args.lease_duration
     if args.no_leader_election:
         cfg.leader_election = False
+    if args.allocation_events:
+        cfg.allocation_events = True
 
     import kopf
 

@@ -71,6 +71,9 @@ class Config:
     volcano: bool = True
     leader_election: bool = True
     lease_duration: float = 15.0
+    #: a Normal Event per allocation: off by default -- the pods' condition and the Vni
+    #: object already say it, and at a burst of Jobs it is a quarter of the API writes
+    allocation_events: bool = False
     identity: str = dataclasses.field(
         default_factory=lambda: os.environ.get("POD_NAME") or f"pid-{os.getpid()}-{random.getrandbits(24):06x}")
 
@@ -92,6 +95,7 @@ class Config:
         c.extra_kinds = parse_kinds(e.get("PYCXI_VNI_EXTRA_KINDS", ""))
         c.volcano = e.get("PYCXI_VNI_VOLCANO", "true").lower() not in _FALSE
         c.leader_election = e.get("PYCXI_VNI_LEADER_ELECTION", "true").lower() not in _FALSE
+        c.allocation_events = e.get("PYCXI_VNI_ALLOCATION_EVENTS", "false").lower() not in _FALSE
         return c
 
     @property
@@ -592,7 +596,8 @@ class Reconciler:
         log.info("allocated VNI %d to %s %s/%s", v, wl.kind.kind, wl.namespace, wl.name,
                  extra={"vni": v, "namespace": wl.namespace, "workload": wl.name,
                         "kind": wl.kind.kind, "uid": wl.uid, "seconds": round(seconds, 4)})
-        self._event(self._body(wl), "Normal", "VniAllocated", f"VNI {v}")
+        if self.config.allocation_events:
+            self._event(self._body(wl), "Normal", "VniAllocated", f"VNI {v}")
 
     def _release(self, wl: Workload, cause: str) -> None:
         """The workload stopped asking: its key lets go (no new pod is given the VNI);

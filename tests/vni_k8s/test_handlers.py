@@ -156,3 +156,19 @@ def test_a_starving_workload_is_requeued_with_backoff_and_gets_the_vni_once_free
     assert not ctl.pending and not ctl.attempts and len(requeued) == 2
     ctl.retry(uid)  # a timer that fires after the success: nothing to do
     assert len(requeued) == 2 and cluster.allocated() == {uid: [3000]}
+
+
+@pytest.mark.parametrize("allocation_events", [False, True])
+def test_normal_allocation_events_only_when_asked(client, cluster, allocation_events):
+    """A Normal Event per allocation is one more API write per workload: off by default
+    (the pod condition and the Vni object say it), on with --allocation-events."""
+    events: list = []
+    ctl = Reconciler(Config(leader_election=False, metrics_port=0,
+                            allocation_events=allocation_events), client, clock=Clock(),
+                     post_event=lambda body, t, reason, msg: events.append(
+                         (body["metadata"]["name"], t, reason)))
+    ctl.warm_up()
+    job = cluster.job("ns1", "a")
+    Feeder(ctl, cluster)("Job", "ns1", "a")
+    assert cluster.allocated().get(job["metadata"]["uid"])
+    assert events == ([("a", "Normal", "VniAllocated")] if allocation_events else [])
