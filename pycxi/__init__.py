@@ -2,20 +2,24 @@
 
 Built against a system libcxi when one is found, otherwise against pycxi's software
 CXI device (``pycxi.BACKEND`` says which; ``pycxi.SOFTWARE_DEVICE`` is True for the latter,
-which is a model for tests and demos, not a NIC and no security boundary).  The extension is loaded lazily, so
-``import pycxi.vni`` and friends stay cheap.
+which is a model for tests and demos, not a NIC and no security boundary).  Every name is
+loaded lazily (even the errors: the CNI plugin's no-op DEL imports this package and nothing
+else of it), so ``import pycxi.vni`` and friends stay cheap.
 """
-from __future__ import annotations
+# No `from __future__ import annotations` (one more module to load per CNI call): the
+# annotations here are valid at run time on Python 3.9.
 
 # not `from typing import TYPE_CHECKING`: importing typing costs the CNI plugin ~8 ms per
 # call; type checkers treat this name as true all the same
 TYPE_CHECKING = False
 
-from pycxi._version import __version__
-from pycxi.errors import CxiError, CxiLibError, CxiUserError, errno_name
-
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import cost at run time
     # ("X as X": an explicit re-export under mypy --strict)
+    from pycxi._version import __version__ as __version__
+    from pycxi.errors import CxiError as CxiError
+    from pycxi.errors import CxiLibError as CxiLibError
+    from pycxi.errors import CxiUserError as CxiUserError
+    from pycxi.errors import errno_name as errno_name
     from pycxi.device import BACKEND as BACKEND
     from pycxi.device import NETNS_METHODS as NETNS_METHODS
     from pycxi.device import SOFTWARE_DEVICE as SOFTWARE_DEVICE
@@ -42,6 +46,11 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers; no import
 
 # name -> submodule; resolved on first access (PEP 562)
 _LAZY = {
+    "__version__": "pycxi._version",
+    "CxiError": "pycxi.errors",
+    "CxiLibError": "pycxi.errors",
+    "CxiUserError": "pycxi.errors",
+    "errno_name": "pycxi.errors",
     "BACKEND": "pycxi.device",
     "SOFTWARE_DEVICE": "pycxi.device",
     "NETNS_METHODS": "pycxi.device",
@@ -67,16 +76,14 @@ _LAZY = {
     "netns_inode": "pycxi.netns",
 }
 
-__all__ = ["CxiError", "CxiLibError", "CxiUserError", "errno_name", "__version__", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> object:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'pycxi' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(mod), name)
+    value = getattr(__import__(mod, fromlist=(name,)), name)   # (importlib: one more module)
     globals()[name] = value
     return value
 

@@ -15,9 +15,9 @@ quarantine and the Kubernetes kubeconfig are checked against the node's own poli
 """
 from pycxi.cni.errors import (CniError, ERR_DECODE, ERR_INCOMPATIBLE_VERSION,
                               ERR_INVALID_CONFIG)
+from pycxi.cni.layout import DEFAULT_DATA_DIR  # noqa: F401  (re-exported)
 
-SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
-DEFAULT_DATA_DIR = "/run/cni/cxi"
+SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")   # = pycxi.cni.plugin._VERSIONS (not imported there)
 DEFAULT_TCS = ("LOW_LATENCY", "BEST_EFFORT")
 TC_NAMES = ("DEDICATED_ACCESS", "LOW_LATENCY", "BULK_DATA", "BEST_EFFORT", "ETH")
 RSRC_NAMES = ("PTE", "TXQ", "TGQ", "EQ", "CT", "LE", "TLE", "AC")

@@ -76,3 +76,10 @@ def from_exception(exc):
     if isinstance(exc, OSError):
         return CniError(ERR_IO, "I/O failure", f"{type(exc).__name__}: {exc}")
     return CniError(ERR_INTERNAL, "internal error", f"{type(exc).__name__}: {exc}")
+
+
+class PluginTimeout(CniError):
+    """The plugin's own deadline (the network configuration's ``timeout``) passed."""
+
+    def __init__(self, seconds):
+        super().__init__(ERR_TRY_AGAIN_LATER, f"the cxi plugin timed out after {seconds} s")

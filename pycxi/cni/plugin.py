@@ -1,20 +1,20 @@
-"""``cxi``: the CNI plugin executable (console script and installed launcher both call main())."""
-import os
+"""``cxi``: the CNI plugin executable (console script and installed launcher both call main()).
+
+The top level imports only modules the interpreter has loaded before running any code (``sys``,
+``posix``, ``_signal``; ``os`` is not one of them under ``-S``): what only the full path needs
+is imported there, so that a DEL with nothing to do (:func:`nothing_to_delete`) loads no more
+than ``json`` and :mod:`pycxi.cni.layout`.
+"""
+import posix
 try:
     import _signal as signal     # the C module: same calls, without signal.py's enum set-up
 except ImportError:             # pragma: no cover
     import signal
 import sys
 
-from pycxi.cni.errors import CniError, ERR_TRY_AGAIN_LATER
-
-
-class PluginTimeout(CniError):
-    def __init__(self, seconds):
-        super().__init__(ERR_TRY_AGAIN_LATER, f"the cxi plugin timed out after {seconds} s")
-
 
 def _make_log(conf):
+    from pycxi.cni.errors import CniError, ERR_INVALID_CONFIG, PluginTimeout
     from pycxi.cni.log import Log, check_log_file
     log_file = conf.log_file
     if log_file is not None:
@@ -23,7 +23,6 @@ def _make_log(conf):
             policy.check_log_file(log_file)       # where: the node's logDir only
             why = check_log_file(log_file)      # what: a regular file, not our stdout
             if why:
-                from pycxi.cni.errors import ERR_INVALID_CONFIG
                 raise CniError(ERR_INVALID_CONFIG, f"invalid value for 'logFile': {log_file!r}", why)
         except CniError as exc:
             if conf.command in ("ADD", "CHECK"):
@@ -47,6 +46,7 @@ def _make_log(conf):
 
 
 def _on_term(signum, frame):
+    from pycxi.cni.errors import CniError, ERR_TRY_AGAIN_LATER
     raise CniError(ERR_TRY_AGAIN_LATER, f"the cxi plugin was interrupted by signal {signum}")
 
 
@@ -64,7 +64,7 @@ class _LazyHandlers(dict):
         return dict.__getitem__(self, key)
 
 
-_DEFAULT_DATA_DIR = "/run/cni/cxi"      # = config.DEFAULT_DATA_DIR (not imported: see below)
+_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")   # = config.SUPPORTED_VERSIONS (not imported: see below)
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -88,18 +88,25 @@ def nothing_to_delete(env, data):
     except ValueError:
         return False
     if not isinstance(conf, dict) or conf.get("type") != "cxi" \
-            or conf.get("cniVersion") not in ("0.4.0", "1.0.0", "1.1.0"):
+            or conf.get("cniVersion") not in _VERSIONS:
         return False
+    from pycxi.cni import layout    # imports only posix (not state.py: os, fcntl, the records)
     net, cid, ifname = conf.get("name"), env.get("CNI_CONTAINERID"), env.get("CNI_IFNAME")
-    data_dir = conf.get("dataDir", _DEFAULT_DATA_DIR)
+    data_dir = conf.get("dataDir", layout.DEFAULT_DATA_DIR)
+    # a dataDir that is not normalized takes the full path (StateStore normalizes it)
     if not (_plain_name(net) and _plain_name(cid) and _plain_name(ifname, 15)
-            and isinstance(data_dir, str) and data_dir.startswith("/")):
+            and isinstance(data_dir, str) and "\0" not in data_dir and layout.is_normal(data_dir)):
         return False
-    from pycxi.cni.state import StateStore      # stdlib-only module: os, fcntl, json
     try:
-        return StateStore(data_dir, net).nothing_for(cid, ifname)
+        return layout.nothing_stored(data_dir, net, cid, ifname)     # = StateStore.nothing_for
     except OSError:
         return False
+
+
+def _environ():
+    """``dict(os.environ)``, without importing os (decoded as os.environ decodes it)."""
+    enc, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    return {k.decode(enc, errors): v.decode(enc, errors) for k, v in posix.environ.items()}
 
 
 def main(argv=None):
@@ -114,7 +121,7 @@ def main(argv=None):
                 cached.append(b"")
         return cached[0]
 
-    env = dict(os.environ)
+    env = _environ()
     if env.get("CNI_COMMAND") == "DEL":
         try:
             if nothing_to_delete(env, read_stdin()):

@@ -2,7 +2,7 @@
 
 Layout under ``dataDir`` (default ``/run/cni/cxi``; services do not survive a reboot, nor does
 tmpfs).  Only the three top-level names below are ever made by this version; every name derived
-from input (network name, containerID, ifname) is :func:`encode`\\ d, so it never contains ``/``
+from input (network name, containerID, ifname) is encoded (``E``), so it never contains ``/``
 or ``.`` and can never equal a fixed name, another network's directory or another record::
 
     <dataDir>/lock                                  one flock for every cxi network on the node
@@ -14,6 +14,8 @@ or ``.`` and can never equal a fixed name, another network's directory or anothe
 (reversible: :func:`decode`); ``.`` only ever separates encoded parts.  A name longer than
 :data:`MAX_NAME` is replaced by ``~`` and the SHA-256 of its encoded form (``~`` is never
 produced by ``E``).  Temporary files start with ``.``, which ``E`` never produces either.
+The names and paths are defined in :mod:`pycxi.cni.layout` (which the DEL fast path loads without
+this module).
 
 The ``_index`` links index the records by netns inode, so that ADD finds the records sharing a
 netns without reading every record on the node.  A link is made before its record's intent is
@@ -35,6 +37,10 @@ import fcntl
 import json
 import os
 
+from pycxi.cni.layout import (INDEX, LEGACY_INDEX, LOCK, MAX_NAME, NETWORKS, decode, encode,  # noqa: F401
+                              index_link, index_links_of, name_of, network_dir, nothing_stored,
+                              record_stem)
+
 RECORD_VERSION = 2
 PHASE_ADDING = "adding"
 PHASE_READY = "ready"
@@ -44,56 +50,6 @@ PHASES = (PHASE_ADDING, PHASE_READY, PHASE_DELETING)
 # service entry states: "intent" (no ID yet), "enabled", "disabled" (kept: LNIs remain, admits
 # no new LNI), "busy" (kept: LNIs remain and the driver refused to disable it -- still enabled)
 SVC_STATES = ("intent", "enabled", "disabled", "busy")
-
-LOCK = "lock"
-NETWORKS = "_networks"
-INDEX = "_index"
-LEGACY_INDEX = "by-netns"
-MAX_NAME = 200
-
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-# --------------------------------------------------------------------------------------------
-# names
-
-def encode(s):
-    """A file-name-safe, reversible spelling of ``s``: ``[A-Za-z0-9_-]`` kept, any other
-    character ``%XX`` per UTF-8 byte (lone surrogates too, e.g. undecodable environment bytes)."""
-    if _SAFE.issuperset(s):
-        return s or "%"          # "" would be no name at all; a lone % is no other encoding
-    out = []
-    for ch in s:
-        if ch in _SAFE:
-            out.append(ch)
-        else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-    return "".join(out)
-
-
-def decode(e):
-    """Inverse of :func:`encode`."""
-    if "%" not in e or e == "%":
-        return "" if e == "%" else e
-    buf = bytearray()
-    i = 0
-    while i < len(e):
-        if e[i] == "%":
-            buf.append(int(e[i + 1:i + 3], 16))
-            i += 3
-        else:
-            buf.extend(e[i].encode())
-            i += 1
-    return buf.decode("utf-8", "surrogatepass")
-
-
-def name_of(*parts):
-    """The file name for ``parts`` (each encoded, joined by ``.``), hashed when too long."""
-    joined = ".".join(encode(p) for p in parts)
-    if len(joined) <= MAX_NAME:
-        return joined
-    import hashlib
-    return "~" + hashlib.sha256(joined.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +263,7 @@ class StateStore:
         self.network = network
         self.log = log
         self.networks_dir = os.path.join(self.data_dir, NETWORKS)
-        self.dir = os.path.join(self.networks_dir, name_of(network))
+        self.dir = network_dir(self.data_dir, network)
         self.index_dir = os.path.join(self.data_dir, INDEX)
 
     def for_network(self, network):
@@ -323,7 +279,7 @@ class StateStore:
 
     # -- names
     def stem(self, container_id, ifname):
-        return os.path.join(self.dir, name_of(container_id, ifname))
+        return record_stem(self.data_dir, self.network, container_id, ifname)
 
     def path(self, container_id, ifname):
         return self.stem(container_id, ifname) + ".json"
@@ -388,24 +344,13 @@ class StateStore:
         _clean_tmp(self.dir)
 
     def nothing_for(self, container_id, ifname):
-        """Whether provably nothing of (network, containerID, ifname) is stored: no record, no
-        index link, no record of the previous layout (DEL's fast path; no lock needed: a record
-        is created only by an ADD of the same attachment, which the runtime does not run
-        concurrently with its DEL)."""
-        if os.path.lexists(self.path(container_id, ifname)) or os.path.lexists(
-                os.path.join(self.data_dir, LEGACY_INDEX)) or os.path.lexists(
-                os.path.join(self.data_dir, self.network, f"{container_id}_{ifname}.json")):
-            return False
-        try:
-            names = os.listdir(self.index_dir)
-        except FileNotFoundError:
-            return True
-        suffix = "." + name_of(self.network, container_id, ifname)
-        return not any(n.endswith(suffix) and n[:-len(suffix)].isdigit() for n in names)
+        """Whether provably nothing of (network, containerID, ifname) is stored
+        (:func:`pycxi.cni.layout.nothing_stored`)."""
+        return nothing_stored(self.data_dir, self.network, container_id, ifname)
 
     # -- the by-inode index
     def _link(self, inode, network, container_id, ifname):
-        return os.path.join(self.index_dir, f"{inode}.{name_of(network, container_id, ifname)}")
+        return index_link(self.data_dir, inode, network, container_id, ifname)
 
     def index(self, rec):
         os.makedirs(self.index_dir, mode=0o700, exist_ok=True)
@@ -450,17 +395,15 @@ class StateStore:
     def unindex_key(self, container_id, ifname):
         """Remove the index link of (network, containerID, ifname) whatever its inode (DEL of a
         record that was never written: an ADD killed between the link and the intent)."""
-        suffix = "." + name_of(self.network, container_id, ifname)
         try:
             names = os.listdir(self.index_dir)
         except FileNotFoundError:
             return
-        for n in names:
-            if n.endswith(suffix) and n[:-len(suffix)].isdigit():
-                try:
-                    os.unlink(os.path.join(self.index_dir, n))
-                except FileNotFoundError:
-                    pass
+        for n in index_links_of(names, self.network, container_id, ifname):
+            try:
+                os.unlink(os.path.join(self.index_dir, n))
+            except FileNotFoundError:
+                pass
 
     def clean_index(self):
         try:
