@@ -5,6 +5,8 @@ Layout (each module imports only the standard library and pycxi):
 * :mod:`pycxi.cni.errors`   the CNI error codes and :class:`CniError`
 * :mod:`pycxi.cni.skel`     the dispatcher (env table, version checks, error JSON)
 * :mod:`pycxi.cni.config`   stdin bytes -> :class:`NetConf` (pure)
+* :mod:`pycxi.cni.layout`   the on-disk names and paths of the state, and the DEL fast path's
+  check (imports only ``posix``)
 * :mod:`pycxi.cni.state`    per-attachment records, atomic writes under a flock
 * :mod:`pycxi.cni.vni`      VNI sources in their precedence (static, local, Kubernetes)
 * :mod:`pycxi.cni.policy`   the node policy: what a network configuration may ask for

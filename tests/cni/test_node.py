@@ -140,6 +140,16 @@ def test_del_with_nothing_to_do_skips_the_commands(cni_env, netns):
     assert "rc=0" in err and p.stdout == b"", err
     mods = set(err.split("mods=", 1)[1].split(","))
     assert not mods & {"pycxi.cni.skel", "pycxi.cni.config", "pycxi.cni.commands", "pycxi.device"}, mods
+    # run as the runtime runs it, the launcher loads json and four small modules of pycxi's:
+    # not os, fcntl, __future__, the errors or the record store
+    p = subprocess.run([PY, "-IS", "-X", "importtime", launcher], input=json.dumps(conf).encode(),
+                       env=env, capture_output=True)
+    assert p.returncode == 0 and p.stdout == b"", p.stderr
+    loaded = {line.split("|")[-1].strip() for line in p.stderr.decode().splitlines()
+              if "import time:" in line and "|" in line}
+    assert {m for m in loaded if m.startswith("pycxi")} == {
+        "pycxi", "pycxi.cni", "pycxi.cni.plugin", "pycxi.cni.layout"}, loaded
+    assert not loaded & {"os", "fcntl", "__future__", "typing"}, loaded
     # an attachment with a record takes the full path (and is deleted)
     pod = netns.add()
     _add(cni_env, netns.path(pod), "some", 1901)
