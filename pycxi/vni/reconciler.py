@@ -150,6 +150,9 @@ class PodInfo:
     stamped: Optional[Tuple[str, str, str]] = None
     grant: Tuple[int, ...] = ()   # VNIs the pod was given (its True condition): it holds them
     seen: float = 0.0             # monotonic time of the last event or LIST that showed it
+    # one writer of the pod's condition at a time (see Reconciler._stamp_pod)
+    stamping: bool = False
+    restamp: bool = False
 
 
 class _Refused(Exception):
@@ -643,35 +646,54 @@ class Reconciler:
             self._stamp_pod(pid)
 
     def _stamp_pod(self, pod_uid: str) -> None:
+        """Write the pod's condition if it must change.  The pod's own events and its
+        workload's reconcile stamp it from different threads: a decision and its write
+        go together, one writer per pod at a time -- otherwise an older decision
+        ("Pending") could land after a newer grant and withdraw it.  A stamp asked for
+        while another is in flight is decided again by that writer when it is done."""
         if not self.active:
             return
-        with self._lock:
-            info = self.pods.get(pod_uid)
-            if info is None:
-                return
-            top = pod_uid if info.owner_ref is None else self._top_uid(info)
-            wl = self.workloads.get(top) if top else None
-            if wl is not None and wl.namespace != info.namespace:
-                # ownerReferences are written by whoever creates the pod; one naming a
-                # workload of another namespace must not get that workload's VNI
-                wl = None
-            want = stamp_decision(info.stamped, wl.condition() if wl is not None else None)
-            if want is None:
-                return
-        body = {"status": {"conditions": [{
-            "type": POD_CONDITION, "status": want[0], "reason": want[1], "message": want[2],
-            "lastTransitionTime": format_time(time.time())}]}}
-        try:
-            self.client.patch(POD.path(info.namespace, info.name, "status"), body, strategic=True)
+        while True:
             with self._lock:
-                info.stamped = want
-                if want[0] == "True" and pod_uid in self.pods:
-                    self._set_grant(info, pod_uid, grant_condition(want))
-        except KubeError as e:
-            if not e.not_found:
+                info = self.pods.get(pod_uid)
+                if info is None:
+                    return
+                if info.stamping:
+                    info.restamp = True
+                    return
+                top = pod_uid if info.owner_ref is None else self._top_uid(info)
+                wl = self.workloads.get(top) if top else None
+                if wl is not None and wl.namespace != info.namespace:
+                    # ownerReferences are written by whoever creates the pod; one naming a
+                    # workload of another namespace must not get that workload's VNI
+                    wl = None
+                want = stamp_decision(info.stamped, wl.condition() if wl is not None else None)
+                if want is None:
+                    return
+                info.stamping, info.restamp = True, False
+            body = {"status": {"conditions": [{
+                "type": POD_CONDITION, "status": want[0], "reason": want[1], "message": want[2],
+                "lastTransitionTime": format_time(time.time())}]}}
+            written = False
+            try:
+                self.client.patch(POD.path(info.namespace, info.name, "status"), body, strategic=True)
+                written = True
+            except KubeError as e:
+                if e.not_found:
+                    return
                 log.warning("cannot stamp pod %s/%s: %s", info.namespace, info.name, e)
                 if top:
                     self._schedule_retry(top)
+            finally:
+                with self._lock:
+                    info.stamping = False
+                    again, info.restamp = info.restamp, False
+                    if written:
+                        info.stamped = want
+                        if want[0] == "True" and pod_uid in self.pods:
+                            self._set_grant(info, pod_uid, grant_condition(want))
+            if not (again and written):
+                return
 
     # -- events, errors, retries --
 

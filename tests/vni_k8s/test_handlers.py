@@ -172,3 +172,47 @@ def test_normal_allocation_events_only_when_asked(client, cluster, allocation_ev
     Feeder(ctl, cluster)("Job", "ns1", "a")
     assert cluster.allocated().get(job["metadata"]["uid"])
     assert events == ([("a", "Normal", "VniAllocated")] if allocation_events else [])
+
+
+def test_a_slow_pending_stamp_never_lands_after_the_grant(client, cluster):
+    """Two threads stamp one pod: its workload's first reconcile writes "not yet"
+    (the claim does not exist) and that write is slow; meanwhile the claim appears and
+    the retry grants the VNI.  The older decision must not land after the grant and
+    withdraw it (one writer per pod; the later stamp is decided again afterwards)."""
+    import threading
+
+    ctl = Reconciler(Config(leader_election=False, metrics_port=0), client, clock=Clock())
+    ctl.warm_up()
+    feed = Feeder(ctl, cluster)
+    job = cluster.job("ns1", "a", "c")
+    cluster.pod_of(job, "a-0")
+    feed("Pod", "ns1", "a-0")
+    gate, first, patch = threading.Event(), [], client.patch
+
+    def slow_first_pod_stamp(path, body, **kw):
+        if "/pods/" in path and path.endswith("/status") and not first:
+            first.append(body)
+            assert gate.wait(10)
+        return patch(path, body, **kw)
+
+    client.patch = slow_first_pod_stamp
+    try:
+        pending = threading.Thread(target=feed, args=("Job", "ns1", "a"))
+        pending.start()  # refused (no claim "c"): stamps "not yet", slowly
+        for _ in range(500):
+            if first:
+                break
+            threading.Event().wait(0.01)
+        assert first and first[0]["status"]["conditions"][0]["status"] == "False"
+        cluster.create("VniClaim", "ns1", "c")
+        feed("VniClaim", "ns1", "c")
+        ctl.retry(job["metadata"]["uid"])  # the claim has its VNI now: granted
+        gate.set()
+        pending.join(10)
+    finally:
+        gate.set()
+        client.patch = patch
+    assert not pending.is_alive()
+    got = cluster.lookup("ns1", "a-0")
+    assert isinstance(got, list) and len(got) == 1, f"the grant was withdrawn: {got!r}"
+    assert ctl.holders.get(got[0])
