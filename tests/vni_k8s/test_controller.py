@@ -191,9 +191,10 @@ def test_exhaustion_is_reported_and_retried(cluster):
                                  .get("reason") == "Exhausted"], what="Exhausted condition")
     [i] = starving
     assert cluster.lookup("ns1", f"j{i}-0") == "notready"
-    events = cluster.client.list("/api/v1/namespaces/ns1/events")
-    assert any(e.get("reason") == "Exhausted" and e["involvedObject"]["name"] == f"j{i}"
-               for e in events)
+    # kopf posts Events in the background: wait for it rather than read once
+    wait_for(lambda: any(e.get("reason") == "Exhausted" and e["involvedObject"]["name"] == f"j{i}"
+                         for e in cluster.client.list("/api/v1/namespaces/ns1/events")),
+             what="the Exhausted Event")
     # free one: after its quarantine (3 s), the starving job gets it by retrying
     other = next(k for k in range(3) if k != i)
     cluster.finish_job("ns1", f"j{other}")
@@ -304,8 +305,9 @@ def test_api_errors_are_reported_and_retried(cluster, api):
     assert cluster.lookup("ns1", "flaky-0") == "notready"
     [v] = cluster.wait_lookup("ns1", "flaky-0", timeout=40)
     assert api.kube.faults[("POST", "vnis")] == 0
-    assert any(e.get("reason") == "ApiError" and e["type"] == "Warning"
-               for e in cluster.client.list("/api/v1/namespaces/ns1/events"))
+    wait_for(lambda: any(e.get("reason") == "ApiError" and e["type"] == "Warning"
+                         for e in cluster.client.list("/api/v1/namespaces/ns1/events")),
+             what="the ApiError Event")  # posted by kopf in the background
     assert p.poll() is None, "the controller survived"
     assert cluster.allocated() == {job["metadata"]["uid"]: [v]}
 
