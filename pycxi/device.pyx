@@ -496,23 +496,14 @@ cdef class Lni(CxiObject):
         cdef cxil_lni *lni = self._live()
         cdef uint32_t v, t, tt, ct
         # exact ints and TC names take C paths; anything else the general checks
-        if not _is_u32(vni, &v):
-            if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= _U32_MAX:
-                raise CxiUserError(f"VNI {vni!r} is not valid")
-            v = vni
+        v = _bounded(vni, _U32_MAX, "VNI {!r} is not valid")
         if type(tc) is str and tc in _TC_BY_NAME:
             t = _TC_BY_NAME[tc]
         elif not (_is_u32(tc, &t) and t < 8):
             t = tc if isinstance(tc, int) and not isinstance(tc, bool) and 0 <= tc < 8 else tc_index(tc)
-        if not (_is_u32(tc_type, &tt) and tt < 4):
-            if isinstance(tc_type, bool) or not isinstance(tc_type, int) or not 0 <= tc_type < 4:
-                raise CxiUserError(f"tc_type must be 0..3, got {tc_type!r}")
-            tt = tc_type
-        if not (_is_u32(cp_type, &ct) and ct <= <uint32_t>_ANY_LCID):
-            if isinstance(cp_type, bool) or not isinstance(cp_type, int) or not 0 <= cp_type <= _ANY_LCID:
-                raise CxiUserError(f"cp_type must be 0..2 (TRIG_LCID, NON_TRIG_LCID, ANY_LCID), "
-                                   f"got {cp_type!r}")
-            ct = cp_type
+        tt = _bounded(tc_type, 3, "tc_type must be 0..3, got {!r}")
+        ct = _bounded(cp_type, _ANY_LCID,
+                      "cp_type must be 0..2 (TRIG_LCID, NON_TRIG_LCID, ANY_LCID), got {!r}")
         cdef int rc = cxil_alloc_trig_cp(lni, v, <cxi_traffic_class>t,
                                          <cxi_traffic_class_type>tt, <cxi_trig_cp>ct, &c.cp)
         if rc < 0:
@@ -637,6 +628,16 @@ cdef inline bint _is_u32(object v, uint32_t *out):
         return False
     out[0] = <uint32_t>x
     return True
+
+
+cdef inline uint32_t _bounded(object v, uint32_t hi, str msg) except? 0xFFFFFFFF:
+    """An int 0..hi (not a bool), else CxiUserError(msg.format(v)): exact ints in C."""
+    cdef uint32_t x
+    if _is_u32(v, &x) and x <= hi:
+        return x
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+        raise CxiUserError(msg.format(v))
+    return <uint32_t>v
 
 
 cdef inline uint32_t _u32(object v, str what) except? 0xFFFFFFFF:
