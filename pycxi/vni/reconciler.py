@@ -435,7 +435,7 @@ class Reconciler:
                 self._claim_status(ns, name, None, "False", step.reason, step.message)
                 with self._lock:
                     self.bodies[uid] = (CLAIM, body)
-                self._schedule_retry(uid)
+                self.schedule_retry(uid)
                 return
             if step.op == "finalize":
                 self._release_key(key, step.reason)
@@ -464,12 +464,12 @@ class Reconciler:
             self._error(body, "Exhausted", str(e))
             with self._lock:
                 self.bodies[uid] = (CLAIM, body)
-            self._schedule_retry(uid)
+            self.schedule_retry(uid)
         except (VniError, KubeError) as e:
             self._error(body, "ApiError", str(e))
             with self._lock:
                 self.bodies[uid] = (CLAIM, body)
-            self._schedule_retry(uid)
+            self.schedule_retry(uid)
 
     def _release_key(self, key: str, cause: str) -> None:
         v = self.store.drop(key)
@@ -559,17 +559,17 @@ class Reconciler:
             if before != (wl.vnis, wl.reason):
                 self._error(self._body(wl), e.reason, e.message)
             if e.retry:
-                self._schedule_retry(wl.uid)
+                self.schedule_retry(wl.uid)
         except VniExhausted as e:
             wl.vnis, wl.reason, wl.message = (), "Exhausted", str(e)
             self._error(self._body(wl), "Exhausted", str(e))
-            self._schedule_retry(wl.uid)
+            self.schedule_retry(wl.uid)
         except (VniError, KubeError) as e:
             # keep what the pods already have; only say "not ready" if they have nothing
             if not wl.vnis:
                 wl.reason, wl.message = "ApiError", str(e)
             self._error(self._body(wl), "ApiError", str(e))
-            self._schedule_retry(wl.uid)
+            self.schedule_retry(wl.uid)
         self._stamp_pods_of({wl.uid})
 
     def _redeem(self, wl: Workload, claim: str) -> int:
@@ -616,7 +616,7 @@ class Reconciler:
                 self._settle(v, wl.key)
         except VniError as e:
             self._error(self._body(wl), "ApiError", f"release: {e}")
-            self._schedule_retry(wl.uid)
+            self.schedule_retry(wl.uid)
             return
         wl.vnis, wl.reason, wl.message = (), "Released", cause
 
@@ -683,7 +683,7 @@ class Reconciler:
                     return
                 log.warning("cannot stamp pod %s/%s: %s", info.namespace, info.name, e)
                 if top:
-                    self._schedule_retry(top)
+                    self.schedule_retry(top)
             finally:
                 with self._lock:
                     info.stamping = False
@@ -741,7 +741,7 @@ class Reconciler:
             self.attempts.pop(uid, None)
             self.pending.pop(uid, None)
 
-    def _schedule_retry(self, uid: str) -> None:
+    def schedule_retry(self, uid: str) -> None:
         """Ask the wiring to call :meth:`retry` for ``uid`` later
         (:func:`pycxi.vni.rules.backoff_delay`); one queued retry per uid."""
         with self._lock:
@@ -753,10 +753,6 @@ class Reconciler:
                 return  # an earlier retry is already queued
             self.pending[uid] = due
         self.requeue(uid, delay)
-
-    def schedule_retry(self, uid: str) -> None:
-        """For the wiring: a retry failed unexpectedly; try again later."""
-        self._schedule_retry(uid)
 
     def retry(self, uid: str) -> None:
         """A queued retry is due: reconcile the workload or claim ``uid`` again (a claim
