@@ -40,17 +40,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import itertools
 import json
 import os
 import sys
 import threading
+import time
 import uuid
 from typing import Any, Optional
 
+import aiohttp.test_utils
 import aiohttp.web
 import kmock
-from kmock._internal import enums, parsing, references, rendering
+from kmock._internal import dicts, enums, parsing, references, rendering
+from kmock._internal.k8s import KubernetesObjectConflictError
 
 GROUP = "vni.pycxi.dev"
 
@@ -86,26 +90,53 @@ RESOURCES = [
 ]
 
 
+_now_cache: list = [-1, ""]
+
+
 def _now() -> str:
-    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # creationTimestamp has whole seconds: format each second once
+    t = int(time.time())
+    if t != _now_cache[0]:
+        _now_cache[:] = [t, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))]
+    return _now_cache[1]
 
 
-def _match_selector(labels: dict, selector: str) -> bool:
+def _parse_selector(selector: str) -> list:
+    """An equality-based label selector as (op, key, value) terms: op is "=", "!=",
+    "exists" or "!exists"."""
+    terms = []
     for term in filter(None, (t.strip() for t in selector.split(","))):
         if "!=" in term:
             k, v = term.split("!=", 1)
-            if labels.get(k.strip()) == v.strip():
-                return False
+            terms.append(("!=", k.strip(), v.strip()))
         elif "=" in term:
             k, v = term.replace("==", "=").split("=", 1)
-            if labels.get(k.strip()) != v.strip():
-                return False
+            terms.append(("=", k.strip(), v.strip()))
         elif term.startswith("!"):
-            if term[1:] in labels:
+            terms.append(("!exists", term[1:], None))
+        else:
+            terms.append(("exists", term, None))
+    return terms
+
+
+def _match_terms(labels: dict, terms: list) -> bool:
+    for op, k, v in terms:
+        if op == "=":
+            if labels.get(k) != v:
                 return False
-        elif term not in labels:
+        elif op == "!=":
+            if labels.get(k) == v:
+                return False
+        elif op == "exists":
+            if k not in labels:
+                return False
+        elif k in labels:
             return False
     return True
+
+
+def _match_selector(labels: dict, selector: str) -> bool:
+    return _match_terms(labels, _parse_selector(selector))
 
 
 _kmock_parse_path = parsing.parse_path
@@ -127,24 +158,90 @@ def _parse_path(path: str) -> Any:
 parsing.parse_path = _parse_path
 
 
-class _Conflict(kmock.KubernetesError):
-    pass
-
-
 def _conflict(msg: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=409, reason="Conflict", message=msg, details={})
 
 
-class _FastDispatch(kmock.RawHandler):
-    # kmock matches every request against its DSL filters, ~25 ms per request here; the
-    # emulator's own K8s actions need no matching, so they go straight to the handlers.
-    # Its request parsing and stream rendering are generic too (typing-Protocol checks,
-    # the body decoded three times, a pattern match per watch event): the API paths
-    # take a shorter route to the same Request objects and the same JSON lines.
-    __slots__ = ()
+_A = enums.action
+_SERVED = frozenset({_A.LIST, _A.WATCH, _A.FETCH, _A.CREATE, _A.UPDATE, _A.DELETE})
+_METHODS: dict = {}  # "GET" -> enums.method.GET: kmock's lookup scans the enum
+_REQUEST_FIELDS = tuple(a.name for a in rendering.Request.__attrs_attrs__)
 
-    _resources: Any  # kmock's, per instance
-    _res_cache: dict = {}
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _respond(body: bytes, status: int = 200) -> aiohttp.web.Response:
+    # the headers aiohttp.web.json_response sends, for a body encoded once
+    return aiohttp.web.Response(body=body, status=status, content_type="application/json",
+                                charset="utf-8")
+
+
+def _event(kind: bytes, body: bytes) -> bytes:
+    # json.dumps({"type": kind, "object": obj}) byte for byte, with obj already encoded
+    return b'{"type": "' + kind + b'", "object": ' + body + b"}\n"
+
+
+class _Watch:
+    """One watch stream: the encoded events not yet written, and a future to wake its
+    writer."""
+    __slots__ = ("namespace", "name", "pending", "wake")
+
+    def __init__(self, namespace: Optional[str], name: Optional[str]) -> None:
+        self.namespace, self.name = namespace, name
+        self.pending: list = []
+        self.wake: Optional[asyncio.Future] = None
+
+    def push(self, line: bytes) -> None:
+        self.pending.append(line)
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+
+class FakeKube(kmock.KubernetesEmulator):
+    """kmock's emulator with the semantics listed in the module docstring.
+
+    Requests for a resource collection or object (``/api[s]/.../PLURAL[/NAME[/SUB]]``)
+    with one of the six K8s actions are served here, from this class's own store, without
+    kmock's DSL matching (~25 ms per request with its filters), its generic parsing and
+    rendering, its versioned objects (a deep copy and a history entry per write) or its
+    per-request and per-event buses.  Discovery and everything else is kmock's.
+
+    Fault injection for the error-handling tests: ``faults[("POST", "vnis")] = n``
+    makes the next ``n`` such requests fail with 500 before they have any effect;
+    ``lost[("POST", "vnis")] = n`` lets them take effect and then answers 500 (a
+    response lost after the commit, as with a timeout)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._status_sub: set = set()
+        for key, namespaced, kind, status in RESOURCES:
+            self.resources[key] = kmock.ResourceInfo(
+                namespaced=namespaced, kind=kind, singular=kind.lower(),
+                verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
+                subresources={"status"} if status else set())
+            if status:
+                self._status_sub.add(kmock.resource(key))
+        #: resource -> {(namespace, name): object, or None once deleted}; the deleted keep
+        #: their place, so that lists keep kmock's order (creation order of the names)
+        self._store: dict = {}
+        self._watches: dict = {}  # resource -> [_Watch]
+        self._res_cache: dict = {}  # (group, version, plural) -> kmock.resource
+        self._rv = itertools.count(1)
+        self.last_rv = 0
+        #: seconds between BOOKMARK events on a watch (kopf reconnects a watch that is
+        #: silent for 70 s, expecting the API server's bookmarks; a reconnect replays every
+        #: object here, as the resourceVersion to resume from is ignored)
+        self.bookmark_interval = 20.0
+        self.faults: dict = {}
+        self.lost: dict = {}
+        self.writes = 0
+        #: called as fn(plural, obj or None if deleted, name) after each successful write,
+        #: on the server's thread: lets a benchmark follow progress without polling
+        self.listeners: list = []
+
+    # -- requests --
 
     async def __call__(self, raw_request: Any) -> Any:
         path = raw_request.path
@@ -161,14 +258,19 @@ class _FastDispatch(kmock.RawHandler):
         if res is None:
             res = self._res_cache[rkey] = references.resource(
                 group=k8s.group, version=k8s.version, plural=k8s.plural)
-        query = dict(raw_request.query)
-        method = enums.method(raw_request.method)
-        request = rendering.Request(
-            id=len(self._requests), raw_request=raw_request, url=raw_request.url,
-            method=method, params=query, headers=dict(raw_request.headers),
-            data=data, body=body, text=body.decode("utf-8", "replace"),
-            action=parsing.guess_k8s(k8s, method, query), resource=res,
-            namespace=k8s.namespace, name=k8s.name, subresource=k8s.subresource)
+        query = dict(raw_request.query) if raw_request.query_string else {}
+        method = _METHODS.get(raw_request.method)
+        if method is None:
+            method = _METHODS[raw_request.method] = enums.method(raw_request.method)
+        # the same Request as kmock's parser makes (and its log keeps), built directly:
+        # its attrs __init__ runs converters and makes a stream bus per request
+        request = object.__new__(rendering.Request)
+        for field, value in zip(_REQUEST_FIELDS, (
+                len(self._requests), method, raw_request.url, query,
+                dict(raw_request.headers), {}, body, body.decode("utf-8", "replace"), data,
+                parsing.guess_k8s(k8s, method, query), res, k8s.namespace, k8s.name,
+                k8s.subresource, raw_request, None)):
+            object.__setattr__(request, field, value)
         self._requests.append(request)
         try:
             return await self._handle(request)
@@ -181,69 +283,40 @@ class _FastDispatch(kmock.RawHandler):
             # the log of requests keeps what tests look at, not aiohttp's request (its
             # transport, buffers and parser state: most of the fake's memory at 10,000 Jobs)
             object.__setattr__(request, "_raw_request", None)
-            object.__setattr__(request, "_stream_bus", None)  # kmock's, for its DSL streams
 
     async def _handle(self, request: Any) -> Any:
-        fault = self._fault(request, self.lost)  # the emulator has committed by now
+        fault = self._fault(request)
         if fault is not None:
             return fault
-        fn = None
-        if (request.resource is not None and request.resource.plural
-                and request.subresource in (None, "status")):
-            fn = {
-                enums.action.LIST: self._serve_list, enums.action.WATCH: self._serve_watch,
-                enums.action.FETCH: self._serve_fetch, enums.action.CREATE: self._serve_create,
-                enums.action.UPDATE: self._serve_update, enums.action.DELETE: self._serve_delete,
-            }.get(request.action)
-        if fn is None:
-            return await super()._handle(request)
-        if request.action == enums.action.WATCH:
-            return await self._stream_watch(request)
-        return aiohttp.web.json_response(await fn(request))
-
-    async def _stream_watch(self, request: Any) -> Any:
-        """kmock's watch events (its _serve_watch), one JSON line each; BOOKMARK events on
-        a quiet stream when the client allows them, as the API server sends."""
-        response = aiohttp.web.StreamResponse()
-        response.content_type = "application/json"
-        await response.prepare(request._raw_request)
-        marks = None
-        if request.params.get("allowWatchBookmarks") == "true":
-            marks = asyncio.ensure_future(self._bookmarks(request, response))
+        res = request.resource
+        act = request.action
+        if res is None or not res.plural or act not in _SERVED:
+            fault = self._fault(request, self.lost)
+            return fault if fault is not None else await super()._handle(request)
         try:
-            async for event in self._serve_watch(request):
-                if event != b"":
-                    await response.write(json.dumps(event).encode() + b"\n")
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client went away
-        finally:
-            if marks is not None:
-                marks.cancel()
-        return response
-
-    async def _bookmarks(self, request: Any, response: Any) -> None:
-        info = self.resources[request.resource]
-        api = request.resource.version if not request.resource.group else \
-            f"{request.resource.group}/{request.resource.version}"
-        try:
-            while True:
-                await asyncio.sleep(self.bookmark_interval)
-                # one write() is one chunk: it never splits an event being written
-                await response.write(json.dumps({"type": "BOOKMARK", "object": {
-                    "kind": info.kind, "apiVersion": api,
-                    "metadata": {"resourceVersion": str(self.last_rv)}}}).encode() + b"\n")
-        except (ConnectionError, RuntimeError):
-            pass  # the stream is over
-
-
-class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
-    """kmock's emulator with the semantics listed in the module docstring.
-
-    Fault injection for the error-handling tests: ``faults[("POST", "vnis")] = n``
-    makes the next ``n`` such requests fail with 500 before they have any effect;
-    ``lost[("POST", "vnis")] = n`` lets them take effect and then answers 500 (a
-    response lost after the commit, as with a timeout)."""
+            if act is _A.CREATE or act is _A.UPDATE or act is _A.DELETE:
+                # no await from the checks to the commit: writes are serialized
+                self.writes += 1
+                body, status = self._write(request)
+                fault = self._fault(request, self.lost)  # the store has committed
+                if fault is not None:
+                    return fault
+                if self.listeners:
+                    self._notify(request)
+                return _respond(body, status)
+            fault = self._fault(request, self.lost)
+            if fault is not None:
+                return fault
+            if act is _A.WATCH:
+                return await self._stream_watch(request)
+            if act is _A.FETCH:
+                obj = self._get(request)
+                if obj is None:
+                    raise kmock.KubernetesObjectNotFoundError()
+                return _respond(_json(obj))
+            return _respond(_json(self._list(request)))
+        except kmock.KubernetesError as e:  # 404, 409: routine
+            return await self._render_error(e)
 
     def _fault(self, request: Any, table: Optional[dict] = None) -> Any:
         table = self.faults if table is None else table
@@ -256,30 +329,6 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                 "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500,
                 "reason": "InternalError", "message": "injected fault"}, status=500)
         return None
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self._status_sub: set = set()
-        for key, namespaced, kind, status in RESOURCES:
-            self.resources[key] = kmock.ResourceInfo(
-                namespaced=namespaced, kind=kind, singular=kind.lower(),
-                verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
-                subresources={"status"} if status else set())
-            if status:
-                self._status_sub.add(kmock.resource(key))
-        self._rv = itertools.count(1)
-        self.last_rv = 0
-        #: seconds between BOOKMARK events on a quiet watch (kopf reconnects a watch that
-        #: is silent for 70 s, expecting the API server's bookmarks; a reconnect replays
-        #: every object here, as kmock ignores the resourceVersion to resume from)
-        self.bookmark_interval = 20.0
-        self.faults: dict = {}
-        self.lost: dict = {}
-        self._wlock: Optional[asyncio.Lock] = None
-        self.writes = 0
-        #: called as fn(plural, obj or None if deleted, name) after each successful write,
-        #: on the server's thread: lets a benchmark follow progress without polling
-        self.listeners: list = []
 
     async def _serve_version(self, request: Any) -> Any:
         doc = await super()._serve_version(request)
@@ -297,137 +346,188 @@ class FakeKube(kmock.KubernetesEmulator, _FastDispatch):
                 status=exc.status)
         return await super()._render_error(exc)
 
+    # -- the store --
+
     def _next_rv(self) -> str:
         self.last_rv = next(self._rv)
         return str(self.last_rv)
 
-    def _stored(self, request: Any) -> Any:
-        ns = request.namespace
-        if request.action == enums.action.CREATE:
-            md = (request.data or {}).get("metadata") or {}
-            ns = ns or md.get("namespace")
-            name = md.get("name")
-        else:
-            name = request.name
-        key = (request.resource, ns, name)
-        if key in self.objects and not self.objects[key].deleted:
-            return self.objects[key]
-        return None
+    def _get(self, request: Any) -> Optional[dict]:
+        objs = self._store.get(request.resource)
+        return objs.get((request.namespace, request.name)) if objs else None
 
-    def _prepare(self, request: Any) -> None:
-        """Check preconditions and fill server-owned fields; raises on conflict."""
-        act, data = request.action, request.data
-        status_sub = request.resource in self._status_sub
-        if act == enums.action.CREATE and isinstance(data, dict):
-            md = data.setdefault("metadata", {})
+    def _publish(self, res: Any, kind: bytes, obj: dict, body: bytes) -> None:
+        """Hand an event to the watches of ``res`` that select ``obj``, encoded once."""
+        watches = self._watches.get(res)
+        if not watches:
+            return
+        md = obj.get("metadata") or {}
+        ns, name = md.get("namespace"), md.get("name")
+        line = _event(kind, body)
+        for w in watches:
+            if (w.namespace is None or w.namespace == ns) and (w.name is None or w.name == name):
+                w.push(line)
+
+    def _write(self, request: Any) -> tuple:
+        """Check preconditions, commit, publish the events; the response body and status.
+        Raises KubernetesError (404, 409) before any change."""
+        res, act, data = request.resource, request.action, request.data
+        objs = self._store.get(res)
+        if act is _A.CREATE:
+            md = data.setdefault("metadata", {})  # not a dict: 500, as in kmock
             if request.namespace:
                 md["namespace"] = request.namespace
             if "generateName" in md and not md.get("name"):
                 md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+            key = (request.namespace or md.get("namespace"), md.get("name"))
+            if objs is None:
+                objs = self._store[res] = {}
+            elif objs.get(key) is not None:
+                raise KubernetesObjectConflictError()
             md["uid"] = str(uuid.uuid4())
             md["resourceVersion"] = self._next_rv()
             md["creationTimestamp"] = _now()
             md["generation"] = 1
             md.pop("deletionTimestamp", None)
-            if status_sub:
+            if res in self._status_sub:
                 data.pop("status", None)
-        elif act == enums.action.UPDATE and isinstance(data, dict):
-            obj = self._stored(request)
-            if obj is None:
-                return  # kmock answers 404
-            md = data.get("metadata") if isinstance(data.get("metadata"), dict) else None
-            want = md.get("resourceVersion") if md else None
-            have = obj.get("metadata", {}).get("resourceVersion")
-            if want is not None and want != have:
-                raise _conflict(f"the object has been modified (resourceVersion {have}, not {want})")
-            if status_sub:
-                if request.subresource == "status":
-                    for k in list(data):
-                        if k != "status":
-                            data.pop(k)
-                else:
-                    data.pop("status", None)
-            data.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
-        elif act == enums.action.DELETE:
-            obj = self._stored(request)
-            pre = (data or {}).get("preconditions") if isinstance(data, dict) else None
-            if obj is not None and pre:
-                omd = obj.get("metadata", {})
+            obj = objs[key] = dict(data)
+            body = _json(obj)
+            self._publish(res, b"ADDED", obj, body)
+            return body, 201
+        key = (request.namespace, request.name)
+        old = objs.get(key) if objs else None
+        if old is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        if act is _A.UPDATE:
+            if isinstance(data, dict):
+                md = data.get("metadata") if isinstance(data.get("metadata"), dict) else None
+                want = md.get("resourceVersion") if md else None
+                have = old.get("metadata", {}).get("resourceVersion")
+                if want is not None and want != have:
+                    raise _conflict(
+                        f"the object has been modified (resourceVersion {have}, not {want})")
+                if res in self._status_sub:
+                    if request.subresource == "status":
+                        for k in list(data):
+                            if k != "status":
+                                data.pop(k)
+                    else:
+                        data.pop("status", None)
+                data.setdefault("metadata", {})["resourceVersion"] = self._next_rv()
+            # kmock's merge (or JSON) patch: copy-on-write, stored versions are never mutated
+            obj = objs[key] = dicts.patch_dict(old, data or {})
+            body = _json(obj)
+            self._publish(res, b"MODIFIED", obj, body)
+        else:  # DELETE
+            pre = data.get("preconditions") if isinstance(data, dict) else None
+            if pre:
+                omd = old.get("metadata", {})
                 if pre.get("uid") and pre["uid"] != omd.get("uid"):
                     raise _conflict(f"Precondition failed: UID in precondition: {pre['uid']}, "
                                     f"UID in object meta: {omd.get('uid')}")
                 if pre.get("resourceVersion") and pre["resourceVersion"] != omd.get("resourceVersion"):
                     raise _conflict("Precondition failed: resourceVersion")
-
-    async def _handle(self, request: Any) -> Any:
-        fault = self._fault(request)
-        if fault is not None:
-            return fault
-        if request.resource is None or request.action not in (
-                enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
-            return await super()._handle(request)
-        if self._wlock is None:
-            self._wlock = asyncio.Lock()
-        async with self._wlock:
-            try:
-                self._prepare(request)
-            except kmock.KubernetesError as e:
-                return await self._render_error(e)
-            self.writes += 1
-            response = await super()._handle(request)
-            if self.listeners and getattr(response, "status", 500) < 300:
-                self._notify(request)
-        if request.action == enums.action.CREATE and getattr(response, "status", None) == 200:
-            response.set_status(201)
-        return response
+            md = old.get("metadata", {})
+            if md.get("deletionTimestamp"):
+                obj = old  # already being deleted: nothing changes
+                body = _json(obj)
+            elif md.get("finalizers", []):
+                now = datetime.datetime.now(tz=datetime.timezone.utc).isoformat()
+                obj = objs[key] = dicts.patch_dict(old, {"metadata": {"deletionTimestamp": now}})
+                body = _json(obj)
+                self._publish(res, b"MODIFIED", obj, body)
+            else:
+                objs[key] = None
+                body = _json(old)
+                self._publish(res, b"DELETED", old, body)
+                return body, 200
+        # marked for deletion and no finalizer left: gone (the response shows the last state)
+        md = obj.get("metadata", {})
+        if md.get("deletionTimestamp") and not md.get("finalizers", []):
+            objs[key] = None
+            self._publish(res, b"DELETED", obj, body)
+        return body, 200
 
     def _notify(self, request: Any) -> None:
-        try:
-            obj = self._lookup(request, create=request.action == enums.action.CREATE)
-        except kmock.KubernetesError:
-            return
-        raw = None if obj.deleted else obj.raw
-        name = request.name or ((request.data or {}).get("metadata") or {}).get("name")
+        name = request.name
+        ns = request.namespace
+        if request.action is _A.CREATE:
+            md = request.data.get("metadata") or {}
+            ns, name = ns or md.get("namespace"), name or md.get("name")
+        obj = self._store[request.resource].get((ns, name))
+        raw = None if obj is None else dict(obj)
         for fn in self.listeners:
             fn(request.resource.plural, raw, name)
 
-    # kmock finds an object by scanning all of them; a dict lookup keeps the fake fast
-    # with thousands of objects (the race and benchmark scenarios).
-    def _lookup(self, request: Any, create: bool = False) -> Any:
-        ns, name = request.namespace, request.name
-        if create:
-            md = (request.data or {}).get("metadata") or {}
-            ns, name = ns or md.get("namespace"), name or md.get("name")
-        key = (request.resource, ns, name)
-        if key not in self.objects:
-            raise kmock.KubernetesObjectNotFoundError()
-        return self.objects[key]
+    def _known(self, res: Any) -> bool:
+        return res in self._store or res in self.resources or res in self._get_resources()
 
-    async def _serve_fetch(self, request: Any) -> Any:
-        obj = self._lookup(request)
-        if obj.deleted:
-            raise kmock.KubernetesObjectNotFoundError()
-        return obj.raw
+    def _get_resources(self) -> list:
+        # kmock's (declared, and from its DSL) plus those this store has held
+        return list(set(super()._get_resources()) | set(self._store))
 
-    async def _serve_create(self, request: Any) -> Any:
-        return self._lookup(request, create=True).raw
-
-    async def _serve_update(self, request: Any) -> Any:
-        return self._lookup(request).last.raw
-
-    async def _serve_delete(self, request: Any) -> Any:
-        return self._lookup(request).last.raw
-
-    async def _serve_list(self, request: Any) -> Any:
-        doc = await super()._serve_list(request)
+    def _list(self, request: Any) -> dict:
+        res, ns = request.resource, request.namespace
+        if not self._known(res):
+            raise kmock.KubernetesResourceNotFoundError()
+        objs = self._store.get(res) or {}
+        items = [o for (ons, _), o in objs.items()
+                 if o is not None and (ns is None or ons == ns)]
         sel = request.params.get("labelSelector")
         if sel:
-            doc["items"] = [o for o in doc["items"]
-                            if _match_selector((o.get("metadata") or {}).get("labels") or {}, sel)]
-        doc["kind"] = "List"
-        doc["apiVersion"] = "v1"
-        doc["metadata"] = {"resourceVersion": self._next_rv()}
-        return doc
+            terms = _parse_selector(sel)
+            items = [o for o in items
+                     if _match_terms((o.get("metadata") or {}).get("labels") or {}, terms)]
+        return {"metadata": {"resourceVersion": self._next_rv()}, "items": items,
+                "kind": "List", "apiVersion": "v1"}
+
+    # -- watches --
+
+    async def _stream_watch(self, request: Any) -> Any:
+        """Every selected object as ADDED, then each change as it is committed (no event
+        is lost or repeated between the two), one JSON line each; BOOKMARK events every
+        ``bookmark_interval`` when the client allows them, as the API server sends."""
+        res = request.resource
+        response = aiohttp.web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request._raw_request)
+        w = _Watch(request.namespace, request.name)
+        # the objects and the subscription at the same point of the write order
+        for (ns, name), obj in (self._store.get(res) or {}).items():
+            if obj is not None and (w.namespace is None or ns == w.namespace) and (
+                    w.name is None or name == w.name):
+                w.pending.append(_event(b"ADDED", _json(obj)))
+        self._watches.setdefault(res, []).append(w)
+        loop = asyncio.get_running_loop()
+        timer = None
+        if request.params.get("allowWatchBookmarks") == "true":
+            info = self.resources[res]
+            api = res.version if not res.group else f"{res.group}/{res.version}"
+
+            def bookmark() -> None:
+                nonlocal timer
+                w.push(json.dumps({"type": "BOOKMARK", "object": {
+                    "kind": info.kind, "apiVersion": api,
+                    "metadata": {"resourceVersion": str(self.last_rv)}}}).encode() + b"\n")
+                timer = loop.call_later(self.bookmark_interval, bookmark)
+            timer = loop.call_later(self.bookmark_interval, bookmark)
+        try:
+            while True:
+                if not w.pending:
+                    w.wake = loop.create_future()
+                    await w.wake
+                    w.wake = None
+                chunk = b"".join(w.pending)
+                w.pending.clear()
+                await response.write(chunk)
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._watches[res].remove(w)
+        return response
 
 
 def write_kubeconfig(path: str, url: str) -> str:
@@ -486,7 +586,10 @@ class FakeApiServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with FakeKube() as k, kmock.Server(k, port=self._port or None) as srv:
+        # no access log: with logging at INFO (a test's caplog), a formatted line per request
+        server_cls = functools.partial(aiohttp.test_utils.RawTestServer, access_log=None)
+        async with FakeKube() as k, kmock.Server(k, port=self._port or None,
+                                                  server_cls=server_cls) as srv:
             self.kube = k
             self.url = f"http://127.0.0.1:{srv.port}"
             self._ready.set()
