@@ -179,7 +179,11 @@ def _conflict(msg: str) -> kmock.KubernetesError:
 _A = enums.action
 _SERVED = frozenset({_A.LIST, _A.WATCH, _A.FETCH, _A.CREATE, _A.UPDATE, _A.DELETE})
 _METHODS: dict = {}  # "GET" -> enums.method.GET: kmock's lookup scans the enum
-_REQUEST_FIELDS = tuple(a.name for a in rendering.Request.__attrs_attrs__)
+_REQUEST_FIELDS = ("id", "method", "url", "params", "headers", "cookies", "body", "text", "data",
+                   "action", "resource", "namespace", "name", "subresource", "_raw_request",
+                   "_stream_bus")
+if tuple(a.name for a in rendering.Request.__attrs_attrs__) != _REQUEST_FIELDS:
+    raise ImportError("kmock's Request has other fields than FakeKube.__call__ fills")
 
 
 def _json(obj: Any) -> bytes:

@@ -10,11 +10,13 @@ import urllib.parse
 import uuid
 from typing import Optional
 
+import kmock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kmock._internal import enums
 
-from pycxi.vni.kube import KubeClient, KubeConfig, KubeError
+from pycxi.vni.kube import FIELD_MANAGER, KubeClient, KubeConfig, KubeError
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/ns/leases"
 VNIS = "/apis/vni.pycxi.dev/v1alpha1/vnis"
@@ -316,3 +318,26 @@ def _watch_lines(url: str, path: str, **params: str):
             yield line
     finally:
         conn.close()
+
+
+def test_the_request_log_holds_what_kmocks_parser_would(api, client):
+    """srv.kube._requests, which the benchmark and the controller tests read."""
+    client.create(VNIS, {"metadata": {"name": "vni-7"}, "spec": {"vni": 7}})
+    n = len(api.kube._requests)
+    client.patch(VNIS + "/vni-7/status", {"status": {"releasedAt": "t"}})
+    client.list("/api/v1/namespaces/ns/configmaps", label_selector="a=b")
+    patch, lst = api.kube._requests[n:]
+    assert patch.id == n and lst.id == n + 1
+    assert (patch.method.value.upper(), patch.url.path, patch.resource.plural,
+            patch.subresource, patch.name, patch.namespace, patch.action) == (
+        "PATCH", "/apis/vni.pycxi.dev/v1alpha1/vnis/vni-7/status", "vnis", "status", "vni-7",
+        None, enums.action.UPDATE)
+    assert patch.url.host == "127.0.0.1" and patch.url.port == int(api.url.rsplit(":", 1)[1])
+    assert patch.params == {"fieldManager": FIELD_MANAGER}
+    assert patch.headers["Content-Type"] == "application/merge-patch+json"
+    assert patch.headers["User-Agent"].startswith("pycxi")
+    assert json.loads(patch.body)["status"] == {"releasedAt": "t"} == patch.data["status"]
+    assert patch.resource == kmock.resource("vni.pycxi.dev/v1alpha1/vnis")
+    assert (lst.method.value.upper(), lst.params, lst.action, lst.namespace, lst.subresource,
+            lst.resource.plural) == ("GET", {"labelSelector": "a=b"}, enums.action.LIST, "ns",
+                                     None, "configmaps")
