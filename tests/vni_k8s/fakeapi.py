@@ -149,10 +149,6 @@ def _match_terms(labels: dict, terms: list) -> bool:
     return True
 
 
-def _match_selector(labels: dict, selector: str) -> bool:
-    return _match_terms(labels, _parse_selector(selector))
-
-
 _kmock_parse_path = parsing.parse_path
 
 
