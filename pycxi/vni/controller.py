@@ -438,9 +438,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     # ~10 times.  The objects of the imported modules are frozen out of every pass.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    asyncio.run(kopf.operator(registry=reg, clusterwide=True, standalone=True,
-                              liveness_endpoint=args.liveness))
+    run_loop(kopf.operator(registry=reg, clusterwide=True, standalone=True,
+                           liveness_endpoint=args.liveness))
     return 0
+
+
+def run_loop(coro: Awaitable[None]) -> None:
+    """Run ``coro`` on uvloop when it is installed (as kopf's own CLI does; it comes with
+    the ``controller`` extra) unless ``PYCXI_VNI_UVLOOP`` is false; otherwise on
+    asyncio's loop.  uvloop: ~20 % less of kopf's CPU per event (docs/vni-service.md)."""
+    factory = None
+    if os.environ.get("PYCXI_VNI_UVLOOP", "true").lower() not in ("", "false", "no", "0", "off"):
+        try:
+            import uvloop
+            factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    if factory is not None and hasattr(asyncio, "Runner"):  # 3.11+
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(coro)  # type: ignore[arg-type]
+    else:
+        asyncio.run(coro)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
