@@ -443,23 +443,30 @@ class _Response:
     def read(self, method: str) -> None:
         while True:
             self._head()
-            if not 100 <= self.status < 200:
+            if self.status >= 200:
                 break
             if self.status == 101:
                 raise _BadResponse("unexpected 101 Switching Protocols")
             # 1xx (100 Continue, 103 Early Hints...): informational, the answer follows
+        low = self.low
         if method == "HEAD" or self.status in _NO_BODY:
             pass
-        elif "\r\ntransfer-encoding:" in self.low:
+        elif "\r\ntransfer-encoding:" in low:
             te = self.header("transfer-encoding") or ""
             if te.lower() != "chunked":
                 # we send no TE header, so nothing but plain chunked is allowed
                 raise _BadResponse(f"unsupported Transfer-Encoding {te[:40]!r}")
             self._chunked()
-        elif "\r\ncontent-length:" in self.low:
-            self._sized(self.header("content-length") or "")
         else:
-            self._to_close()
+            i = low.find("\r\ncontent-length:")
+            if i < 0:
+                self._to_close()
+            else:
+                j = low.find("\r\n", i + 17)
+                if low.find("\r\ncontent-length:", j) < 0:
+                    self._sized(low[i + 17:j].strip(" \t"))
+                else:
+                    self._sized(self.header("content-length") or "")
         if self.pos != len(self.buf):   # bytes after the response: the framing is off
             self.keep_alive = False
 
@@ -493,7 +500,7 @@ class _Response:
         self.head = head
         self.low = low = head.lower()
         self.keep_alive = version == "HTTP/1.1" and not (
-            "\r\nconnection:" in low and "close" in (self.header("connection") or ""))
+            "\r\nconnection:" in low and "close" in (self.header("connection") or "").lower())
 
     def _sized(self, value: str) -> None:
         if not (value.isdigit() and value.isascii()):
