@@ -688,6 +688,7 @@ class KubeClient:
                 if attempt == 0 and reused and (resp is None or resp.received == 0):
                     continue
                 raise KubeError(0, "ConnectionError", f"{method} {path}: {e}") from e
+        assert resp is not None   # the loop either answered or raised
         status, raw = resp.status, resp.body
         try:
             doc = _loads(raw) if raw else {}
