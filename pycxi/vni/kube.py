@@ -387,7 +387,7 @@ class _Response:
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
         self.deadline = deadline
-        self.buf = bytearray()
+        self.buf: Any = b""        # bytes while one recv holds it all, else a bytearray
         self.pos = 0
         self.received = 0          # response bytes seen: 0 means a retry is still safe
         self.body: Any = b""
@@ -397,15 +397,21 @@ class _Response:
         left = self.deadline - _monotonic()
         if left <= 0:
             raise socket.timeout("request deadline passed")
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
         self.sock.settimeout(left)
         data = self.sock.recv(_RECV)
         if not data:
             return False
         self.received += len(data)
-        self.buf += data
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            self.buf = data            # the common case: no copy
+        else:
+            if type(buf) is bytes:
+                buf = self.buf = bytearray(buf[pos:])
+            elif pos:
+                del buf[:pos]
+            buf += data
+        self.pos = 0
         return True
 
     def _more(self) -> None:
@@ -474,15 +480,14 @@ class _Response:
             self.keep_alive = False
 
     def _head(self) -> None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n", self.pos)
+        end = self.buf.find(b"\r\n\r\n", self.pos)
         while end < 0:
-            seen = len(buf) - self.pos
+            seen = len(self.buf) - self.pos
             if seen > _MAX_HEAD:
                 break
             self._more()
-            end = buf.find(b"\r\n\r\n", self.pos + max(seen - 3, 0))
-        start = self.pos
+            end = self.buf.find(b"\r\n\r\n", self.pos + max(seen - 3, 0))
+        buf, start = self.buf, self.pos
         if end < 0 or end - start > _MAX_HEAD:
             raise _BadResponse(f"response header block over {_MAX_HEAD // 1024} KiB")
         # the header block as one string with a CRLF before each field and after the
@@ -516,14 +521,13 @@ class _Response:
         n = int(value)
         buf, pos = self.buf, self.pos
         if len(buf) - pos >= n:      # the common case: it all came with the headers
-            self.body = bytes(buf[pos:pos + n])
+            self.body = buf[pos:pos + n]
             self.pos = pos + n
             return
         body = bytearray(n)
         got = len(buf) - pos
         body[:got] = buf[pos:]
-        del buf[:]
-        self.pos = 0
+        self.buf, self.pos = b"", 0
         view = memoryview(body)
         sock = self.sock
         while got < n:
