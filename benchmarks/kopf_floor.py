@@ -1,0 +1,105 @@
+"""The floor under any kopf-based VNI controller, for ``bench_controller.py --controller
+benchmarks.kopf_floor``: kopf with the same settings as pycxi's controller (async
+``kopf.on.event`` handler, no diff base, quiet object logger) watching Jobs, and per
+Job exactly one write, done by a worker thread -- a ``Vni``-shaped object named after
+the Job when it appears (``spec.allocatedAt`` = when its event was handled), its
+``status.releasedAt`` when it goes.  No allocation logic, no uniqueness, no pods, no
+claims: what is left is kopf's cost per event plus one API write.  The benchmark's
+percentiles against this module say how much of the controller's latency kopf and the
+API server account for on the machine at hand.
+
+Accepts (and ignores) the controller's command line, so the benchmark can start it the
+same way.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import threading
+from typing import Any, Optional
+
+import kopf
+
+from pycxi.vni.kstore import format_time
+from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
+
+PATH = KubeClient.path(GROUP, VERSION, VNI_PLURAL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kubeconfig")
+    args, _ = ap.parse_known_args()
+    client = KubeClient(KubeConfig.load(args.kubeconfig), timeout=30,
+                        user_agent="pycxi-vni-controller-floor")
+    work: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
+    numbers = itertools.count(1)  # distinct, so that the benchmark's uniqueness check holds
+
+    def worker() -> None:
+        import time
+
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            kind, name, uid, t = item
+            try:
+                if kind == "add":
+                    client.create(PATH, {
+                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Vni",
+                        "metadata": {"name": f"floor-{uid}"},
+                        "spec": {"vni": next(numbers), "holder": {"name": name, "uid": uid},
+                                 "allocatedAt": format_time(t)}})
+                else:
+                    client.patch(f"{PATH}/floor-{uid}/status",
+                                 {"status": {"releasedAt": format_time(time.time())}})
+            except KubeError as e:
+                logging.getLogger("floor").warning("%s %s: %s", kind, name, e)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    for th in threads:
+        th.start()
+
+    @kopf.on.event("batch", "v1", "jobs")
+    async def job(type: Optional[str], body: Any, **_: Any) -> None:
+        import time
+
+        md = body.get("metadata") or {}
+        if type in (None, "ADDED", "DELETED"):  # None: seen in the initial LIST
+            work.put(("del" if type == "DELETED" else "add", md.get("name"), md.get("uid"),
+                      time.time()))
+
+    class NoDiffBase(kopf.DiffBaseStorage):
+        def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+            return kopf.BodyEssence()
+
+        def fetch(self, *, body: Any) -> Any:
+            return None
+
+        def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+            pass
+
+    @kopf.on.startup()
+    async def startup(settings: Any, **_: Any) -> None:
+        settings.posting.level = logging.WARNING
+        settings.persistence.diffbase_storage = NoDiffBase()
+
+    @kopf.on.login()
+    def login(**_: Any) -> Any:
+        from pycxi.vni.controller import connection_info
+
+        return connection_info(client.config)
+
+    kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    asyncio.run(kopf.operator(clusterwide=True, standalone=True))
+
+
+if __name__ == "__main__":
+    main()
