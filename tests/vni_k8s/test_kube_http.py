@@ -8,7 +8,10 @@ import json
 import socket
 import threading
 import time
-from typing import Dict, Iterator, List
+import shutil
+import ssl
+import subprocess
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +41,8 @@ class ScriptServer:
     """Reads HTTP requests on any number of connections and answers each with the next
     scripted :class:`Reply`; with none left it closes the connection unanswered."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.replies: List[Reply] = []
@@ -91,6 +95,8 @@ class ScriptServer:
     def _serve(self, c: socket.socket, n: int) -> None:
         buf = b""
         try:
+            if self.tls is not None:
+                c = self.tls.wrap_socket(c, server_side=True)
             while True:
                 while b"\r\n\r\n" not in buf:
                     d = c.recv(65536)
@@ -434,7 +440,39 @@ def test_any_split_and_chunking_decodes_the_same(srv, client):
     check()
 
 
-# --- TLS is in test_tls.py; the lookup's timeout in test_lookup.py --------------------------
+# --- TLS (certificates and their refusal: test_tls.py) ---------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_tls_keep_alive_chunks_and_the_retry(tmp_path):
+    """What a real API server does over TLS: several answers on one connection, chunked
+    bodies, and an idle connection it closes (retried once on a new handshake)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=apiserver", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    srv = ScriptServer(tls=ctx)
+    try:
+        c = KubeClient(KubeConfig(f"https://127.0.0.1:{srv.port}", token="t",
+                                  ca_file=str(tmp_path / "c.pem")), timeout=5)
+        doc = {"items": [{"n": i, "pad": "x" * 50} for i in range(400)]}   # > 16 KiB records
+        raw = chunked(json.dumps(doc).encode(), [5000, 1, 17000])
+        srv.script(Reply(*split(raw, [3, 100, 20000])), Reply(ok({"v": 2}), close=True),
+                   Reply(ok({"v": 3})))
+        assert c.get(CM) == doc
+        assert c.get(CM) == {"v": 2}
+        srv.wait_closed(1)
+        assert c.get(CM) == {"v": 3}
+        assert [r.conn for r in srv.requests] == [1, 1, 2]
+        assert srv.requests[0].headers["authorization"] == "Bearer t"
+        c.close()
+    finally:
+        srv.close()
+
+
+# --- the lookup's timeout is in test_lookup.py ------------------------------------------------
 
 
 def test_unreachable_server_is_a_connection_error():
