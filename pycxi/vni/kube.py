@@ -450,6 +450,9 @@ class _Response:
         return ", ".join(vals)
 
     def read(self, method: str) -> None:
+        self._more()
+        if self._whole():
+            return
         while True:
             self._head()
             if self.status >= 200:
@@ -478,6 +481,32 @@ class _Response:
                     self._sized(self.header("content-length") or "")
         if self.pos != len(self.buf):   # bytes after the response: the framing is off
             self.keep_alive = False
+
+    def _whole(self) -> bool:
+        """The common case in one go: a 2xx that came whole in the first recv, framed by
+        a single Content-Length, nothing else about the connection said.  Anything else
+        (False) goes the general way, which reads the same bytes again."""
+        data = self.buf
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or not data.startswith(b"HTTP/1.1 2"):
+            return False
+        head = data[9:end + 2].decode("latin-1")
+        low = head.lower()
+        i = low.find("\r\ncontent-length:") + 17
+        if i < 17 or low.find("\r\ncontent-length:", i) >= 0 \
+                or "\r\ntransfer-encoding:" in low or "\r\nconnection:" in low:
+            return False
+        value = low[i:low.find("\r\n", i)].strip(" \t")
+        code = head[:4]
+        if not (value.isdigit() and value.isascii() and code[:3].isdigit() and code.isascii()) \
+                or code[3] not in " \r" or code[:3] == "204" or len(data) != end + 4 + int(value) \
+                or low.count("\r\n") > _MAX_HEADERS + 1:
+            return False
+        self.status = int(code[:3])
+        self.body = data[end + 4:]
+        self.pos = len(data)
+        self.keep_alive = True
+        return True
 
     def _head(self) -> None:
         end = self.buf.find(b"\r\n\r\n", self.pos)
