@@ -350,6 +350,17 @@ def test_malformed_answers_are_bad_responses_and_drop_the_connection(srv, client
     assert [r.conn for r in srv.requests] == [1, 2]
 
 
+def test_bytes_beyond_the_framing_drop_the_connection(srv, client):
+    # more than Content-Length says, or a body on a 204: whatever follows is not trusted
+    srv.script(Reply(ok({"v": 1}) + b"HTTP/1.1 200 OK\r\n"),
+               Reply(b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}"),
+               Reply(ok({"v": 3})))
+    assert client.get(CM) == {"v": 1}
+    assert client.delete(CM + "/a") == {}
+    assert client.get(CM) == {"v": 3}
+    assert [r.conn for r in srv.requests] == [1, 2, 3]
+
+
 def test_repeated_equal_content_length_is_accepted(srv, client):
     body = b'{"v": 1}'
     srv.script(Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\ncontent-length: 8\r\n\r\n" + body))
