@@ -14,7 +14,6 @@ same way.
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import logging
 import os
@@ -24,7 +23,7 @@ from typing import Any, Optional
 
 import kopf
 
-from pycxi.vni.controller import connection_info, run_loop
+from pycxi.vni.controller import connection_info, run_operator
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
 
@@ -97,9 +96,7 @@ def main() -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    gc.freeze()  # the controller's settings: GC, loop
-    gc.set_threshold(50_000, 20, 20)
-    run_loop(kopf.operator(clusterwide=True, standalone=True))
+    run_operator(kopf.operator(clusterwide=True, standalone=True))
 
 
 if __name__ == "__main__":
