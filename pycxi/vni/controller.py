@@ -38,7 +38,7 @@ from pycxi.vni.rules import REPLICASET, Kind
 from pycxi.vni.store import VniError, format_ranges, parse_ranges
 
 __all__ = ["Config", "KeyQueue", "Lease", "build_registry", "connection_info", "main",
-           "parse_ranges"]
+           "parse_ranges", "run_operator"]
 
 log = logging.getLogger("pycxi.vni.controller")
 _T = TypeVar("_T")
