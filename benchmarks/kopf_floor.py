@@ -14,7 +14,6 @@ same way.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any, Optional
 
 import kopf
 
+from pycxi.vni.controller import connection_info, run_operator
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
 
@@ -90,15 +90,13 @@ def main() -> None:
 
     @kopf.on.login()
     def login(**_: Any) -> Any:
-        from pycxi.vni.controller import connection_info
-
         return connection_info(client.config)
 
     kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    asyncio.run(kopf.operator(clusterwide=True, standalone=True))
+    run_operator(kopf.operator(clusterwide=True, standalone=True))
 
 
 if __name__ == "__main__":

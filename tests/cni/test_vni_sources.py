@@ -186,8 +186,9 @@ def test_local_allocator_job_key_shared(cni_env, netns, tmp_path, strict):
 
 
 def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
-    """The Kubernetes source adds the standard library's HTTP client and nothing else: no
-    PyYAML (the kubeconfig is JSON), no Kubernetes client, no kopf, no asyncio, no sqlite3."""
+    """The Kubernetes source adds a socket and JSON and nothing else: not even http.client
+    (and the email package under it), no PyYAML (the kubeconfig is JSON), no Kubernetes
+    client, no kopf, no asyncio, no sqlite3."""
     import subprocess
     pod = netns.add()
     api.pod("ns1", "p1", {"type": COND, "status": "True", "reason": "Allocated", "message": "vnis=4400"})
@@ -200,9 +201,10 @@ def test_kubernetes_path_imports_stdlib_only(cni_env, netns, api):
                        input=json.dumps(c), env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     mods = {line.split("|")[-1].strip() for line in p.stderr.splitlines() if "import time:" in line}
-    assert "pycxi.vni.lookup" in mods and "http.client" in mods
+    assert "pycxi.vni.lookup" in mods and "socket" in mods
     bad = {m for m in mods if m.split(".")[0] in ("yaml", "kubernetes", "kopf", "asyncio", "sqlite3",
-                                                   "aiohttp", "requests", "logging")}
+                                                   "aiohttp", "requests", "logging", "http",
+                                                   "email", "ssl")}
     assert not bad, bad
     assert plugin_call(cni_env, "DEL", c, cid="ki")[0] == 0
 
