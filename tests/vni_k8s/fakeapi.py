@@ -584,10 +584,13 @@ class FakeKube(kmock.KubernetesEmulator):
 
 
 _FAST_METHODS = frozenset({"GET", "POST", "PATCH", "DELETE"})
-_FAST_ACTIONS = frozenset({_A.FETCH, _A.CREATE, _A.UPDATE, _A.DELETE})
+_FAST_ACTIONS = frozenset({_A.FETCH, _A.LIST, _A.CREATE, _A.UPDATE, _A.DELETE})
+# requests whose response aiohttp delimits by Content-Length (HEAD's has none; CONNECT...)
+_DELIMITED = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 _SERVER = SERVER_SOFTWARE.encode()
 _MAX_HEAD = 1 << 16
+_FAST, _WAIT, _TUNNEL = "fast", "wait", "tunnel"
 _date_cache: list = [-1, b""]
 
 
@@ -598,21 +601,36 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
+def _fields(lines: list) -> Optional[dict]:
+    """An HTTP head's fields, lower-cased names; None if one is malformed or repeated."""
+    fields: dict = {}
+    for line in lines:
+        k, sep, v = line.partition(":")
+        kl = k.lower()
+        if not sep or not k or k[-1] in " \t" or k[0] in " \t" or kl in fields:
+            return None  # obs-fold, a malformed or repeated field
+        fields[kl] = v.strip(" \t")
+    return fields
+
+
 class _Front(asyncio.Protocol):
-    """The fast front: an HTTP/1.1 server that answers the requests the store serves one
-    object at a time (get, create, patch, delete: ``_Front._fast``) itself, through
-    ``FakeKube.serve`` as aiohttp's front does, at a quarter of aiohttp's cost; at the
-    first request it does not take (list, watch, discovery, chunked or unusual requests,
-    any request while a fault is set up) the connection becomes a byte tunnel to aiohttp's
+    """The fast front: an HTTP/1.1 server that answers the requests the store serves
+    (get, list, create, patch, delete, with JSON bodies: ``_Front._take``) itself, through
+    ``FakeKube.serve`` as aiohttp's front does, at a fraction of aiohttp's cost.  Any
+    other request goes to aiohttp's server over a connection of its own: a request of
+    known length (discovery, a protobuf body...) on its own, the connection coming back
+    to the fast path once aiohttp's response (of known length) has been relayed; anything
+    else (a watch -- its response is streamed --, a chunked body, ``Expect``, any request
+    while a fault is set up...) turns the connection into a byte tunnel to aiohttp's
     server, for good."""
 
     def __init__(self, kube: "FakeKube", backend: tuple, urls: dict) -> None:
         self.kube, self.backend, self.urls = kube, backend, urls
         self.transport: Any = None
         self.buf = b""
-        self.tunnel = False
-        self.back: Any = None  # the tunnel's transport to aiohttp, once connected
-        self.pending: list = []  # bytes for aiohttp until then
+        self.mode = _FAST  # _WAIT: for aiohttp's answer to one request; _TUNNEL: for good
+        self.back: Optional[_Back] = None  # the connection to aiohttp's server
+        self.pending: Optional[list] = None  # bytes for aiohttp while it connects
         self.eof = False
         self.closed = False
 
@@ -620,119 +638,55 @@ class _Front(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel:
-            if self.back is None:
-                self.pending.append(data)
-            else:
-                self.back.write(data)
+        if self.mode is _TUNNEL:
+            self._send(data)
             return
-        buf = self.buf + data if self.buf else data
-        while buf:
+        self.buf += data
+        if self.mode is _FAST:
+            self._run()
+
+    def _run(self) -> None:
+        buf = self.buf
+        while buf and self.mode is _FAST and not self.transport.is_closing():
             i = buf.find(b"\r\n\r\n")
             if i < 0:
-                if len(buf) > _MAX_HEAD:
-                    break  # aiohttp's to refuse
-                self.buf = buf
-                return
-            end = self._fast(buf, i)
+                if len(buf) > _MAX_HEAD:  # aiohttp's to refuse
+                    self._tunnel(buf)
+                    buf = b""
+                break
+            end = self._take(buf, i)
             if end == 0:  # the body is still to come
-                self.buf = buf
-                return
+                break
             if end < 0:
+                self._tunnel(buf)
+                buf = b""
                 break
             buf = buf[end:]
-            if self.transport.is_closing():  # Connection: close
-                self.buf = b""
-                return
-        else:
-            self.buf = b""
-            return
-        self.buf = b""
-        self._open_tunnel(buf)
+        self.buf = buf
+        if self.eof and self.mode is _FAST:
+            self.transport.close()
 
-    def _fast(self, buf: bytes, i: int) -> int:
-        """Answer the request whose head ends at ``i``, if it takes the fast path: the end
-        of the request; 0 when its body is incomplete; -1 for aiohttp's front."""
-        try:
-            lines = buf[:i].decode("ascii").split("\r\n")
-        except UnicodeDecodeError:
-            return -1
+    def _take(self, buf: bytes, i: int) -> int:
+        """Serve, or send to aiohttp, the request whose head ends at ``i``: the end of the
+        request; 0 when its body is incomplete; -1 when its end is not known (a tunnel)."""
+        lines = buf[:i].decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
-        if len(parts) != 3:
+        f = _fields(lines[1:])
+        if (len(parts) != 3 or f is None or parts[2] != "HTTP/1.1" or parts[0] not in _DELIMITED
+                or "transfer-encoding" in f or "expect" in f or "upgrade" in f):
             return -1
-        method, target, version = parts
-        if (version != "HTTP/1.1" or method not in _FAST_METHODS or "#" in target
-                or not (target.startswith("/api/") or target.startswith("/apis/"))):
-            return -1
-        headers: dict = {}
-        lower: dict = {}
-        for line in lines[1:]:
-            k, sep, v = line.partition(":")
-            kl = k.lower()
-            if not sep or not k or k[-1] in " \t" or k[0] in " \t" or kl in lower:
-                return -1  # obs-fold, a malformed or repeated field
-            headers[k] = lower[kl] = v.strip(" \t")
-        if "transfer-encoding" in lower or "expect" in lower or "upgrade" in lower:
-            return -1
-        n = lower.get("content-length", "0")
+        n = f.get("content-length", "0")
         if not (n.isascii() and n.isdigit()):
             return -1
         end = i + 4 + int(n)
         if len(buf) < end:
             return 0
-        host = lower.get("host")
-        kube = self.kube
-        if host is None or kube.faulty():
-            return -1
-        close = False
-        conn = lower.get("connection")
-        if conn is not None:
-            tokens = {t.strip().lower() for t in conn.split(",")}
-            if not tokens <= {"close", "keep-alive"}:
-                return -1
-            close = "close" in tokens
-        body = buf[i + 4:end]
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            return -1
-        path, _, qs = target.partition("?")
-        try:  # aiohttp's request URL, as its parser and BaseRequest.url make it
-            rel = yarl.URL.build(path=path, query_string=qs, encoded=True)
-            base = self.urls.get(host)
-            if base is None:
-                base = self.urls[host] = yarl.URL.build(scheme="http", authority=host)
-            url = base.join(rel)
-        except ValueError:
-            return -1
-        query = dict(rel.query) if qs else {}
-        if len(query) != len(rel.query):
-            return -1  # a repeated parameter: dict() keeps the first, as aiohttp's does
-        parsed = kube._parse(method, rel.path, query)
-        res, act = parsed[2], parsed[3]
-        if res is None or not res.plural or act not in _FAST_ACTIONS:
-            return -1
-        # the shapes FakeKube._write takes without error (anything else fails there the
-        # way aiohttp's front reports it)
-        if act is _A.CREATE:
-            if not (isinstance(data, dict) and isinstance(data.get("metadata", {}), dict)):
-                return -1
-        elif act is _A.UPDATE:
-            if not isinstance(data, dict):
-                return -1
-        elif data is not None and not isinstance(data, dict):
-            return -1
-        request = kube._record(parsed, url, query, headers, body, data, None)
-        try:
-            status, out = kube.serve(request)
-        except Exception as e:  # as FakeKube.__call__: the test sees it (or the log does)
-            if not kube._errors:
-                raise
-            kube._errors[-1].append(e)
-            status, out, close = 500, _json({
-                "apiVersion": "v1", "kind": "Status", "metadata": {}, "code": 500,
-                "status": "Failure", "reason": type(e).__name__, "message": repr(e),
-                "details": {}}), True
+        answer = self._fast(buf, i, end, parts[0], parts[1], lines[1:], f)
+        if answer is None:  # aiohttp answers this one
+            self.mode = _WAIT
+            self._send(buf[:end])
+            return end
+        status, out, close = answer
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
             b"Content-Length: %d\r\nDate: %s\r\nServer: %s\r\n%s\r\n%s" % (
@@ -742,72 +696,200 @@ class _Front(asyncio.Protocol):
             self.transport.close()
         return end
 
-    # -- the tunnel to aiohttp --
+    def _fast(self, buf: bytes, i: int, end: int, method: str, target: str, lines: list,
+              f: dict) -> Optional[tuple]:
+        """(status, body, close) for a fast-path request; None for aiohttp's front."""
+        kube = self.kube
+        host = f.get("host")
+        if (method not in _FAST_METHODS or "#" in target or host is None or kube.faulty()
+                or not (target.startswith("/api/") or target.startswith("/apis/"))):
+            return None
+        close = False
+        conn = f.get("connection")
+        if conn is not None:
+            tokens = {t.strip().lower() for t in conn.split(",")}
+            if not tokens <= {"close", "keep-alive"}:
+                return None
+            close = "close" in tokens
+        try:
+            head = buf[:i].decode("ascii")  # aiohttp's decoding differs beyond ASCII
+        except UnicodeDecodeError:
+            return None
+        body = buf[i + 4:end]
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            return None
+        path, _, qs = target.partition("?")
+        try:  # aiohttp's request URL, as its parser and BaseRequest.url make it
+            rel = yarl.URL.build(path=path, query_string=qs, encoded=True)
+            base = self.urls.get(host)
+            if base is None:
+                base = self.urls[host] = yarl.URL.build(scheme="http", authority=host)
+            url = base.join(rel)
+        except ValueError:
+            return None
+        query = dict(rel.query) if qs else {}
+        if qs and len(query) != len(rel.query):
+            return None  # a repeated parameter
+        parsed = kube._parse(method, rel.path, query)
+        res, act = parsed[2], parsed[3]
+        if res is None or not res.plural or act not in _FAST_ACTIONS:
+            return None
+        # the shapes FakeKube._write takes without error (anything else fails there the
+        # way aiohttp's front reports it)
+        if act is _A.CREATE:
+            if not (isinstance(data, dict) and isinstance(data.get("metadata", {}), dict)):
+                return None
+        elif act is _A.UPDATE:
+            if not isinstance(data, dict):
+                return None
+        elif data is not None and not isinstance(data, dict):
+            return None
+        # the fields as aiohttp's request has them, names as sent
+        headers = {}
+        for line in head.split("\r\n")[1:]:
+            k, _, v = line.partition(":")
+            headers[k] = v.strip(" \t")
+        request = kube._record(parsed, url, query, headers, body, data, None)
+        try:
+            status, out = kube.serve(request)
+        except Exception as e:  # as FakeKube.__call__: the test sees it (or the log does)
+            if not kube._errors:
+                raise
+            kube._errors[-1].append(e)
+            return 500, _json({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "code": 500,
+                "status": "Failure", "reason": type(e).__name__, "message": repr(e),
+                "details": {}}), True
+        return status, out, close
 
-    def _open_tunnel(self, data: bytes) -> None:
-        self.tunnel = True
-        self.pending.append(data)
-        asyncio.get_running_loop().create_task(self._connect())
+    # -- the connection to aiohttp's server --
+
+    def _tunnel(self, data: bytes) -> None:
+        self.mode = _TUNNEL
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self.back is not None:
+            self.back.transport.write(data)
+        elif self.pending is not None:  # connecting
+            self.pending.append(data)
+        else:
+            self.pending = [data]
+            asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            back, _ = await loop.create_connection(lambda: _Back(self), *self.backend)
+            _, back = await loop.create_connection(lambda: _Back(self), *self.backend)
         except OSError:
             self.transport.close()
             return
         if self.closed:
-            back.close()
+            back.transport.close()
             return
         self.back = back
-        back.write(b"".join(self.pending))
-        self.pending.clear()
-        if self.eof:
-            back.write_eof()
+        back.transport.write(b"".join(self.pending))
+        self.pending = None
+        if self.eof and self.mode is _TUNNEL:
+            back.transport.write_eof()
+
+    def answered(self) -> None:
+        """aiohttp's response to the one request sent has been relayed."""
+        self.mode = _FAST
+        self._run()
+
+    def for_good(self) -> None:
+        """aiohttp's response has no known end: tunnel everything from now on."""
+        self.mode = _TUNNEL
+        if self.buf:
+            self._send(self.buf)
+            self.buf = b""
+        if self.eof and self.back is not None:
+            self.back.transport.write_eof()
 
     def eof_received(self) -> Optional[bool]:
-        if not self.tunnel:
-            return None  # close
         self.eof = True
-        if self.back is not None:
-            self.back.write_eof()
-        return True  # aiohttp still answers, then closes
+        if self.mode is _FAST:
+            return None  # close
+        if self.mode is _TUNNEL and self.back is not None:
+            self.back.transport.write_eof()
+        return True  # aiohttp still answers
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
         if self.back is not None:
-            self.back.close()
+            self.back.transport.close()
 
     def pause_writing(self) -> None:
         if self.back is not None:
-            self.back.pause_reading()
+            self.back.transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self.back is not None:
-            self.back.resume_reading()
+            self.back.transport.resume_reading()
 
 
 class _Back(asyncio.Protocol):
-    """The tunnel's end at aiohttp's server: relays its bytes to the client."""
+    """A front connection's own connection to aiohttp's server: relays aiohttp's bytes
+    to the client and, while the front waits for one response, finds where it ends."""
 
     def __init__(self, front: _Front) -> None:
         self.front = front
         self.transport: Any = None
+        self.head = b""
+        self.left: Optional[int] = None  # body bytes still to come, once the head is read
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.front.transport.write(data)
+        front = self.front
+        front.transport.write(data)
+        if front.mode is not _WAIT:
+            return
+        if self.left is None:
+            self.head += data
+            i = self.head.find(b"\r\n\r\n")
+            if i < 0:
+                if len(self.head) > _MAX_HEAD:
+                    front.for_good()
+                return
+            lines = self.head[:i].decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            f = _fields(lines[1:])
+            n = f.get("content-length", "") if f is not None else ""
+            if (f is None or len(parts) < 2 or parts[0] != "HTTP/1.1" or not parts[1].isdigit()
+                    or int(parts[1]) < 200 or int(parts[1]) in (204, 304)
+                    or "transfer-encoding" in f or not (n.isascii() and n.isdigit())
+                    or "close" in f.get("connection", "").lower()):
+                front.for_good()  # no known end (or aiohttp closes after it)
+                return
+            self.left = int(n) - (len(self.head) - i - 4)
+            self.head = b""
+        else:
+            self.left -= len(data)
+        if self.left == 0:
+            self.left = None
+            front.answered()
+        elif self.left < 0:  # more than one response: not ours to delimit
+            self.left = None
+            front.for_good()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self.front.transport.close()
+        front = self.front
+        front.back = None
+        if front.mode is not _FAST:  # aiohttp closed the tunnel (or mid-response)
+            front.transport.close()
+        # else: an idle connection (aiohttp's keep-alive timeout): a new one when needed
 
     def pause_writing(self) -> None:
         self.front.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.front.transport.resume_reading()
+
 
 
 def write_kubeconfig(path: str, url: str) -> str:
