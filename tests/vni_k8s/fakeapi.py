@@ -2,13 +2,27 @@
 our code relies on.
 
 No kube-apiserver can be installed on the machines these tests run on (not in Debian,
-PyPI or npm; no docker), so this in-memory server on 127.0.0.1 stands in.  kmock's
-emulator provides the HTTP server (aiohttp), discovery and the error documents; the
-requests for resources (list, watch, get, create, patch, delete) are served by
-``FakeKube`` from its own store, with kmock's emulator semantics (JSON merge patch --
-or JSON patch -- of stored JSON; 409 on creating an existing object; a delete of an
-object with finalizers sets ``deletionTimestamp``, and the object goes once they are
-removed) plus those of the real API server that kmock lacks:
+PyPI or npm; no docker), so this in-memory server on 127.0.0.1 stands in.  What serves
+what:
+
+* the fast front (``_Front``, a raw asyncio HTTP/1.1 protocol on the server's port)
+  answers get, list, create, patch and delete of the served resources with JSON bodies
+  of known length itself, calling ``FakeKube.serve`` -- the same function, the same
+  answer byte for byte and the same ``_requests`` entry as through aiohttp;
+* every other request goes to kmock's aiohttp server on an internal port, over a
+  connection of the front's: one at a time when the request and aiohttp's response have
+  a known length (discovery, /version, a protobuf body, any request while a fault is
+  injected: the connection then returns to the fast path), as a byte tunnel for the rest
+  of the connection otherwise (a watch, a chunked body, ``Expect``);
+  ``FakeApiServer(fast=False)`` serves everything through aiohttp alone;
+* in aiohttp, kmock's emulator provides discovery and the error documents; requests for
+  resources (list, watch, get, create, patch, delete) are served by ``FakeKube`` from its
+  own store.
+
+The store has kmock's emulator semantics (JSON merge patch -- or JSON patch -- of stored
+JSON; 409 on creating an existing object; a delete of an object with finalizers sets
+``deletionTimestamp``, and the object goes once they are removed) plus those of the real
+API server that kmock lacks:
 
 * create: server-generated ``uid``, ``resourceVersion``, ``creationTimestamp``, the
   namespace from the URL, 201 Created; a pod's ``status`` sent on create is dropped
@@ -41,9 +55,10 @@ patch is used instead), server-side apply, garbage collection, namespace lifecyc
 protobuf bodies (``kubectl create`` sends protobuf for built-in kinds; ``kubectl
 apply`` sends JSON) and the OpenAPI document (``kubectl apply --validate=false``).
 
-Cost, on the 2-core development machine: ~0.3-0.4 ms of CPU per small request (of
-which ~0.2 ms is aiohttp, the loop and loopback TCP: an aiohttp handler that only
-answers costs that much) and ~50 us per watch event per watcher.  It runs in the
+Cost, on the 2-core development machine: through aiohttp, ~0.3-0.4 ms of CPU per small
+request (of which ~0.2 ms is aiohttp, the loop and loopback TCP: an aiohttp handler that
+only answers costs that much); through the fast front, ~0.1 ms less (a real API server
+is multi-core Go and cheaper still); ~50 us per watch event per watcher.  It runs in the
 benchmark's process, so ``fake_api_cpu_seconds`` there is CPU the controller competes
 with on this machine and would not on a cluster.
 
@@ -620,10 +635,10 @@ class _Front(asyncio.Protocol):
     (get, list, create, patch, delete, with JSON bodies: ``_Front._take``) itself, through
     ``FakeKube.serve`` as aiohttp's front does, at a fraction of aiohttp's cost.  Any
     other request goes to aiohttp's server over a connection of its own: a request of
-    known length (discovery, a protobuf body...) on its own, the connection coming back
-    to the fast path once aiohttp's response (of known length) has been relayed; anything
-    else (a watch -- its response is streamed --, a chunked body, ``Expect``, any request
-    while a fault is set up...) turns the connection into a byte tunnel to aiohttp's
+    known length (discovery, a protobuf body, any request while a fault is set up...) on
+    its own, the connection coming back to the fast path once aiohttp's response (of
+    known length) has been relayed; anything else (a watch -- its response is streamed --,
+    a chunked body, ``Expect``...) turns the connection into a byte tunnel to aiohttp's
     server, for good."""
 
     def __init__(self, kube: "FakeKube", backend: tuple, urls: dict) -> None:
