@@ -340,7 +340,9 @@ class FakeKube(kmock.KubernetesEmulator):
         act = request.action
         if res is None or not res.plural or act not in _SERVED:
             fault = self._fault(request, self.lost)
-            return _respond(fault[1], fault[0]) if fault is not None else await super()._handle(request)
+            if fault is not None:
+                return _respond(fault[1], fault[0])
+            return await super()._handle(request)
         if act is _A.WATCH:
             fault = self._fault(request, self.lost)
             if fault is not None:
