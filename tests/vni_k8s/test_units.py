@@ -9,6 +9,8 @@ import time
 import urllib.request
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pycxi.vni.kstore import format_time, parse_time
 from pycxi.vni.kube import KubeConfig, KubeConfigError
@@ -68,6 +70,20 @@ def test_time_roundtrip():
     for t in (0.0, 1_800_000_000.0, 1_800_000_029.9, 1_800_000_001.123456):
         assert parse_time(format_time(t)) == pytest.approx(t, abs=1e-6)
     assert parse_time("garbage") is None and parse_time(None) is None
+    # the API's layout only, every field checked
+    for bad in ("2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-12-01T24:00:00Z",
+                "2026-12-01 10:00:00Z", "2026-1-1T1:2:3Z", "2026-12-01", "", 5):
+        assert parse_time(bad) is None, bad
+
+
+@given(st.floats(0, 4e9), st.sampled_from(["full", "seconds", "no-z"]))
+def test_parse_time_reads_what_format_time_and_the_api_write(t, form):
+    s = format_time(t)
+    if form == "seconds":       # creationTimestamp: whole seconds
+        s, t = s[:19] + "Z", float(int(t))
+    elif form == "no-z":
+        s = s[:-1]
+    assert parse_time(s) == pytest.approx(t, abs=1e-6)
 
 
 def _kubeconfig(tmp_path, user: dict, cluster: dict) -> str:
