@@ -1,15 +1,18 @@
 """The floor under any kopf-based VNI controller, for ``bench_controller.py --controller
 benchmarks.kopf_floor``: kopf with the same settings as pycxi's controller (async
-``kopf.on.event`` handler, no diff base, quiet object logger) watching Jobs, and per
-Job exactly one write, done by a worker thread -- a ``Vni``-shaped object named after
-the Job when it appears (``spec.allocatedAt`` = when its event was handled), its
-``status.releasedAt`` when it goes.  No allocation logic, no uniqueness, no pods, no
-claims: what is left is kopf's cost per event plus one API write.  The benchmark's
-percentiles against this module say how much of the controller's latency kopf and the
-API server account for on the machine at hand.
+``kopf.on.event`` handler into worker threads, no diff base, quiet object logger, GC
+and loop settings) watching Jobs, and per Job the controller's API writes and nothing
+else.  When a Job appears, a worker creates a key-record Lease and a ``Vni``-shaped
+object named after the Job (``spec.allocatedAt`` = when the worker started, as the
+controller stamps it); when it goes, the Lease is deleted and the object's
+``status.releasedAt`` set.  No allocation logic, no uniqueness, no pods, no claims, no
+logging: what is left is kopf's cost per event plus the two writes a correct allocator
+needs (``--writes 1``: one).  The benchmark's percentiles against this module say how
+much of the controller's latency kopf and the API server alone account for on the
+machine at hand.
 
-Accepts (and ignores) the controller's command line, so the benchmark can start it the
-same way.
+Accepts (and ignores) the rest of the controller's command line, so the benchmark can
+start it the same way.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from typing import Any, Optional
 
 import kopf
@@ -28,33 +32,45 @@ from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
 
 PATH = KubeClient.path(GROUP, VERSION, VNI_PLURAL)
+LEASES = KubeClient.path("coordination.k8s.io", "v1", "leases", "default")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kubeconfig")
+    ap.add_argument("--writes", type=int, default=2,
+                    help="API writes per Job and phase: 2 as the controller (the key record, "
+                         "then the Vni; on release the record's delete, then the Vni's "
+                         "status), or 1")
     args, _ = ap.parse_known_args()
+    writes = args.writes
     client = KubeClient(KubeConfig.load(args.kubeconfig), timeout=30,
                         user_agent="pycxi-vni-controller-floor")
     work: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
     numbers = itertools.count(1)  # distinct, so that the benchmark's uniqueness check holds
 
     def worker() -> None:
-        import time
-
         while True:
             item = work.get()
             if item is None:
                 return
-            kind, name, uid, t = item
+            kind, name, uid, _ = item
+            t = time.time()  # as the controller stamps allocatedAt: when a worker starts
             try:
                 if kind == "add":
+                    if writes > 1:  # the controller's second write: the key record
+                        client.create(LEASES, {
+                            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                            "metadata": {"name": f"floor-{uid}", "namespace": "default"},
+                            "spec": {"holderIdentity": name}})
                     client.create(PATH, {
                         "apiVersion": f"{GROUP}/{VERSION}", "kind": "Vni",
                         "metadata": {"name": f"floor-{uid}"},
                         "spec": {"vni": next(numbers), "holder": {"name": name, "uid": uid},
                                  "allocatedAt": format_time(t)}})
                 else:
+                    if writes > 1:
+                        client.delete(f"{LEASES}/floor-{uid}")
                     client.patch(f"{PATH}/floor-{uid}/status",
                                  {"status": {"releasedAt": format_time(time.time())}})
             except KubeError as e:
@@ -66,12 +82,9 @@ def main() -> None:
 
     @kopf.on.event("batch", "v1", "jobs")
     async def job(type: Optional[str], body: Any, **_: Any) -> None:
-        import time
-
         md = body.get("metadata") or {}
         if type in (None, "ADDED", "DELETED"):  # None: seen in the initial LIST
-            work.put(("del" if type == "DELETED" else "add", md.get("name"), md.get("uid"),
-                      time.time()))
+            work.put(("del" if type == "DELETED" else "add", md.get("name"), md.get("uid"), None))
 
     class NoDiffBase(kopf.DiffBaseStorage):
         def build(self, *, body: Any, extra_fields: Any = None) -> Any:

@@ -26,7 +26,7 @@ BENCHES = {
     "controller": ("bench_controller.py", "controller burst: Jobs created at once until all have a VNI, then deleted until all are quarantined"),
     "controller_10k": ("bench_controller.py", "the same burst with 10,000 Jobs (not in --quick runs)"),
     "controller_floor": ("bench_controller.py", "the same burst of 1,000 Jobs against kopf's floor: "
-                         "benchmarks/kopf_floor.py, kopf plus one write per Job, no allocation logic"),
+                         "benchmarks/kopf_floor.py, kopf plus the controller's two writes per Job, no allocation logic"),
     "controller_10k_floor": ("bench_controller.py", "kopf's floor with 10,000 Jobs (not in --quick runs)"),
 }
 #: extra arguments of a benchmark; the goals are issue #11's
@@ -137,7 +137,7 @@ def md_controller(r):
     floor = r.get("controller") != "pycxi.vni.controller"
     goal = GOAL_P99.get(r["jobs"])
     return ([f"Not a controller: `{r.get('controller')}` — kopf with the controller's settings "
-             "and one API write per Job, nothing else. What kopf and the fake API server alone "
+             "and the controller's two API writes per Job and phase, nothing else. What kopf and the fake API server alone "
              "cost on this machine, next to the controller's figures above.", ""] if floor else []) + ["| Jobs at once | replicas | all have a VNI after | p50 | p99 (goal) | released p50 | released p99 | unique |",
             "|---|---|---|---|---|---|---|---|",
             f"| {r['jobs']} | {r['replicas']} | {r['all_allocated_seconds']} s | "
