@@ -1,7 +1,7 @@
 """Benchmark: N annotated Jobs created at once -> time until each has a VNI; then all
 deleted -> time until each VNI is in quarantine.
 
-The API server is kmock's emulator (tests/vni_k8s/fakeapi.py) on 127.0.0.1, in this
+The API server is the fake of tests/vni_k8s/fakeapi.py on 127.0.0.1, in this
 process, in its own thread; the controller is ``python -m pycxi.vni.controller`` in a
 subprocess, as in production; the Jobs are created and deleted by a third process (8
 threads), so that no client competes with the fake API for its GIL.  A Job's allocation
@@ -260,7 +260,7 @@ def run(jobs: int, replicas: int, threads: int, timeout: float,
                                   "api_requests_by_verb": _requests_by_verb(srv, r1, r2)},
                 "controller_peak_rss_mib": peak[0] if replicas == 1 else peak,
                 "api_requests": len(srv.kube._requests) if srv.kube else None,
-                "api_server": "kmock 0.8 emulator (tests/vni_k8s/fakeapi.py), in-process thread",
+                "api_server": "tests/vni_k8s/fakeapi.py (its own store behind a raw asyncio HTTP front; kmock 0.8 on aiohttp for the rest), in-process thread",
                 "python": sys.version.split()[0],
                 "cpus": os.cpu_count(),
             }
