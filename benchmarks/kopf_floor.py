@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import kopf
 
-from pycxi.vni.controller import connection_info, run_operator
+from pycxi.vni.controller import connection_info, no_diff_base, run_operator
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
 
@@ -86,20 +86,10 @@ def main() -> None:
         if type in (None, "ADDED", "DELETED"):  # None: seen in the initial LIST
             work.put(("del" if type == "DELETED" else "add", md.get("name"), md.get("uid"), None))
 
-    class NoDiffBase(kopf.DiffBaseStorage):
-        def build(self, *, body: Any, extra_fields: Any = None) -> Any:
-            return kopf.BodyEssence()
-
-        def fetch(self, *, body: Any) -> Any:
-            return None
-
-        def store(self, *, body: Any, patch: Any, essence: Any) -> None:
-            pass
-
     @kopf.on.startup()
     async def startup(settings: Any, **_: Any) -> None:
         settings.posting.level = logging.WARNING
-        settings.persistence.diffbase_storage = NoDiffBase()
+        settings.persistence.diffbase_storage = no_diff_base()
 
     @kopf.on.login()
     def login(**_: Any) -> Any:

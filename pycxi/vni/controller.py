@@ -38,7 +38,7 @@ from pycxi.vni.rules import REPLICASET, Kind
 from pycxi.vni.store import VniError, format_ranges, parse_ranges
 
 __all__ = ["Config", "KeyQueue", "Lease", "build_registry", "connection_info", "main",
-           "parse_ranges", "run_operator"]
+           "no_diff_base", "parse_ranges", "run_operator"]
 
 log = logging.getLogger("pycxi.vni.controller")
 _T = TypeVar("_T")
@@ -279,7 +279,7 @@ def build_registry(rec: Reconciler, lease: Optional[Lease] = None) -> Any:
         # Nothing here reads a diff (level-based handlers only), but kopf builds the
         # diff base of every event anyway: a deep copy of the body, a third of its cost
         # per event.  Build none.
-        settings.persistence.diffbase_storage = _no_diff_base()
+        settings.persistence.diffbase_storage = no_diff_base()
         settings.posting.level = logging.WARNING  # kopf's own log lines as Events
         settings.posting.reporting_component = "pycxi-vni-controller"
         settings.posting.reporting_instance = rec.config.identity
@@ -339,7 +339,8 @@ async def _lead_loop(rec: Reconciler, lease: Lease, rt: _Runtime) -> None:
         await asyncio.sleep(period)
 
 
-def _no_diff_base() -> Any:
+def no_diff_base() -> Any:
+    """A kopf diff-base storage that builds nothing (see docs/vni-service.md)."""
     import kopf
 
     class NoDiffBase(kopf.DiffBaseStorage):
