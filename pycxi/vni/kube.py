@@ -320,6 +320,15 @@ _NO_BODY = frozenset((204, 304))
 _monotonic = time.monotonic
 
 
+def _left(deadline: float) -> float:
+    """Seconds left until a request's ``deadline``; ``socket.timeout`` once it has passed
+    (every connect, send and receive of a request is bounded by what is left)."""
+    left = deadline - _monotonic()
+    if left <= 0:
+        raise socket.timeout("request deadline passed")
+    return left
+
+
 class _BadResponse(Exception):
     """The server did not answer HTTP/1.x as we read it; the connection is dropped."""
 
@@ -394,10 +403,7 @@ class _Response:
 
     def _fill(self) -> bool:
         """Receive more; False at the end of the stream."""
-        left = self.deadline - _monotonic()
-        if left <= 0:
-            raise socket.timeout("request deadline passed")
-        self.sock.settimeout(left)
+        self.sock.settimeout(_left(self.deadline))
         data = self.sock.recv(_RECV)
         if not data:
             return False
@@ -560,10 +566,7 @@ class _Response:
         view = memoryview(body)
         sock = self.sock
         while got < n:
-            left = self.deadline - _monotonic()
-            if left <= 0:
-                raise socket.timeout("request deadline passed")
-            sock.settimeout(left)
+            sock.settimeout(_left(self.deadline))
             k = sock.recv_into(view[got:])
             if not k:
                 raise _Closed(f"the server closed the connection mid-response ({got} of {n} "
@@ -640,15 +643,12 @@ class KubeClient:
 
     def _connect(self, deadline: float) -> socket.socket:
         c = self.config
-        left = deadline - _monotonic()
-        if left <= 0:
-            raise socket.timeout("request deadline passed")
-        sock = socket.create_connection((c.host, c.port), timeout=left)
+        sock = socket.create_connection((c.host, c.port), timeout=_left(deadline))
         try:
             # small request/response pairs: do not let Nagle wait for ACKs
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if c.scheme == "https":
-                sock.settimeout(max(deadline - _monotonic(), 1e-3))
+                sock.settimeout(_left(deadline))
                 sock = c.ssl_context().wrap_socket(sock, server_hostname=c.host)
         except BaseException:
             sock.close()
@@ -694,13 +694,10 @@ class KubeClient:
             try:
                 if sock is None:
                     sock = local.sock = self._connect(deadline)
-                left = deadline - _monotonic()
-                if left <= 0:
-                    raise socket.timeout("request deadline passed")
-                sock.settimeout(left)   # sendall: a total, not a per-send, timeout
+                sock.settimeout(_left(deadline))   # sendall: a total, not a per-send, timeout
                 sock.sendall(req)
                 if data:                # a large body, not copied into the head
-                    sock.settimeout(max(deadline - _monotonic(), 1e-6))
+                    sock.settimeout(_left(deadline))
                     sock.sendall(data)
                 resp = _Response(sock, deadline)
                 resp.read(method)
