@@ -730,9 +730,7 @@ class _Front(asyncio.Protocol):
             if not tokens <= {"close", "keep-alive"}:
                 return None
             close = "close" in tokens
-        try:
-            head = buf[:i].decode("ascii")  # aiohttp's decoding differs beyond ASCII
-        except UnicodeDecodeError:
+        if not buf[:i].isascii():  # aiohttp's decoding differs beyond ASCII
             return None
         body = buf[i + 4:end]
         try:
@@ -767,7 +765,7 @@ class _Front(asyncio.Protocol):
             return None
         # the fields as aiohttp's request has them, names as sent
         headers = {}
-        for line in head.split("\r\n")[1:]:
+        for line in lines:
             k, _, v = line.partition(":")
             headers[k] = v.strip(" \t")
         request = kube._record(parsed, url, query, headers, body, data, None)
