@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, T
 
 from pycxi.vni.kstore import format_time, parse_time
 from pycxi.vni.kube import CLAIM_PLURAL, GROUP, VERSION, KubeClient, KubeConfig, KubeError
+from pycxi.vni.lookup import FALSE_VALUES
 from pycxi.vni.metrics import Metrics
 from pycxi.vni.reconciler import Config, Reconciler
 from pycxi.vni.rules import REPLICASET, Kind
@@ -449,7 +450,7 @@ def run_operator(coro: Awaitable[None]) -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     factory = None
-    if os.environ.get("PYCXI_VNI_UVLOOP", "true").lower() not in ("", "false", "no", "0", "off"):
+    if os.environ.get("PYCXI_VNI_UVLOOP", "true").lower() not in FALSE_VALUES:
         try:
             import uvloop
             factory = uvloop.new_event_loop

@@ -26,7 +26,7 @@ from pycxi.vni.kube import (ANNOTATION, LEGACY_ANNOTATION, POD_CONDITION, KubeCl
 from pycxi.vni.store import VniError
 
 __all__ = ["VniNotReady", "VniLookupError", "lookup_pod_vnis", "pod_vnis", "pod_asks",
-           "VNIS_PREFIX", "format_stamp", "MAX_VNIS_PER_POD"]
+           "VNIS_PREFIX", "format_stamp", "MAX_VNIS_PER_POD", "FALSE_VALUES"]
 
 #: The condition message carries the VNIs as ``vnis=<n>[,<n>...]``.
 VNIS_PREFIX = "vnis="
@@ -36,7 +36,8 @@ MAX_VNIS_PER_POD = 4
 #: Reasons of a False condition that mean "wait, it may still come".
 NOT_READY_REASONS = frozenset({"Pending", "Exhausted", "ClaimNotFound", "ClaimNotReady",
                                "ApiError"})
-_FALSE_VALUES = frozenset({"", "false", "no", "0", "off"})
+#: Values that say "no" (annotations, and the VNI service's on/off settings).
+FALSE_VALUES = frozenset({"", "false", "no", "0", "off"})
 
 
 class VniNotReady(VniError):
@@ -59,7 +60,7 @@ def pod_asks(pod: dict) -> bool:
     ann = (pod.get("metadata") or {}).get("annotations") or {}
     for key in (ANNOTATION, LEGACY_ANNOTATION):
         v = ann.get(key)
-        if isinstance(v, str) and v.strip().lower() not in _FALSE_VALUES:
+        if isinstance(v, str) and v.strip().lower() not in FALSE_VALUES:
             return True
     return False
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from pycxi.vni.kstore import DEFAULT_NAMESPACE, KubeStore, format_time, parse_time
 from pycxi.vni.kube import API_VERSION, GROUP, POD_CONDITION, KubeClient, KubeError
-from pycxi.vni.lookup import format_stamp
+from pycxi.vni.lookup import FALSE_VALUES, format_stamp
 from pycxi.vni.rules import (CLAIM, POD, REPLICASET, VOLCANO_JOB, WATCHED_KINDS, Kind, Request,
                              backoff_delay, claim_step, claim_user, controller_ref,
                              grant_condition, is_finished, lifecycle_actions, parse_kinds,
@@ -55,7 +55,6 @@ log = logging.getLogger("pycxi.vni.controller")
 
 #: Keeps a claim (and its VNI) while workloads still redeem it, like pvc-protection.
 FINALIZER = f"{GROUP}/claim-protection"
-_FALSE = frozenset({"", "false", "no", "0", "off"})
 EVENT_INTERVAL = 60.0  # at most one Event per object and reason in this many seconds
 
 
@@ -93,9 +92,9 @@ class Config:
         if e.get("PYCXI_VNI_METRICS_PORT"):
             c.metrics_port = int(e["PYCXI_VNI_METRICS_PORT"])
         c.extra_kinds = parse_kinds(e.get("PYCXI_VNI_EXTRA_KINDS", ""))
-        c.volcano = e.get("PYCXI_VNI_VOLCANO", "true").lower() not in _FALSE
-        c.leader_election = e.get("PYCXI_VNI_LEADER_ELECTION", "true").lower() not in _FALSE
-        c.allocation_events = e.get("PYCXI_VNI_ALLOCATION_EVENTS", "false").lower() not in _FALSE
+        c.volcano = e.get("PYCXI_VNI_VOLCANO", "true").lower() not in FALSE_VALUES
+        c.leader_election = e.get("PYCXI_VNI_LEADER_ELECTION", "true").lower() not in FALSE_VALUES
+        c.allocation_events = e.get("PYCXI_VNI_ALLOCATION_EVENTS", "false").lower() not in FALSE_VALUES
         return c
 
     @property

@@ -28,7 +28,7 @@ import dataclasses
 from typing import Container, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from pycxi.vni.kube import ANNOTATION, CLAIM_PLURAL, GROUP, LEGACY_ANNOTATION, POD_CONDITION, VERSION
-from pycxi.vni.lookup import MAX_VNIS_PER_POD, VNIS_PREFIX, format_stamp
+from pycxi.vni.lookup import FALSE_VALUES, MAX_VNIS_PER_POD, VNIS_PREFIX, format_stamp
 
 __all__ = [
     "Kind", "POD", "REPLICASET", "CLAIM", "VOLCANO_JOB", "WATCHED_KINDS", "parse_kinds",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 _TRUE = frozenset({"true", "yes"})
-_FALSE = frozenset({"", "false", "no", "0", "off"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +106,7 @@ def _annotation(annotations: Optional[dict]) -> Optional[str]:
     a = annotations or {}
     for k in (ANNOTATION, LEGACY_ANNOTATION):
         v = a.get(k)
-        if isinstance(v, str) and v.strip().lower() not in _FALSE:
+        if isinstance(v, str) and v.strip().lower() not in FALSE_VALUES:
             return v.strip()
     return None
 
