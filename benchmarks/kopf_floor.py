@@ -1,6 +1,6 @@
 """The floor under any kopf-based VNI controller, for ``bench_controller.py --controller
 benchmarks.kopf_floor``: kopf with the same settings as pycxi's controller (async
-``kopf.on.event`` handler into worker threads, no diff base, quiet object logger, GC
+``kopf.on.event`` handler into its work queue, no diff base, quiet object logger, GC
 and loop settings) watching Jobs, and per Job the controller's API writes and nothing
 else.  When a Job appears, a worker creates a key-record Lease and a ``Vni``-shaped
 object named after the Job (``spec.allocatedAt`` = when the worker started, as the
@@ -20,14 +20,12 @@ import argparse
 import itertools
 import logging
 import os
-import queue
-import threading
 import time
 from typing import Any, Optional
 
 import kopf
 
-from pycxi.vni.controller import connection_info, no_diff_base, run_operator
+from pycxi.vni.controller import KeyQueue, connection_info, no_diff_base, run_operator
 from pycxi.vni.kstore import format_time
 from pycxi.vni.kube import GROUP, VERSION, VNI_PLURAL, KubeClient, KubeConfig, KubeError
 
@@ -46,45 +44,38 @@ def main() -> None:
     writes = args.writes
     client = KubeClient(KubeConfig.load(args.kubeconfig), timeout=30,
                         user_agent="pycxi-vni-controller-floor")
-    work: "queue.SimpleQueue[Optional[tuple]]" = queue.SimpleQueue()
     numbers = itertools.count(1)  # distinct, so that the benchmark's uniqueness check holds
 
-    def worker() -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            kind, name, uid, _ = item
-            t = time.time()  # as the controller stamps allocatedAt: when a worker starts
-            try:
-                if kind == "add":
-                    if writes > 1:  # the controller's second write: the key record
-                        client.create(LEASES, {
-                            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                            "metadata": {"name": f"floor-{uid}", "namespace": "default"},
-                            "spec": {"holderIdentity": name}})
-                    client.create(PATH, {
-                        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Vni",
-                        "metadata": {"name": f"floor-{uid}"},
-                        "spec": {"vni": next(numbers), "holder": {"name": name, "uid": uid},
-                                 "allocatedAt": format_time(t)}})
-                else:
-                    if writes > 1:
-                        client.delete(f"{LEASES}/floor-{uid}")
-                    client.patch(f"{PATH}/floor-{uid}/status",
-                                 {"status": {"releasedAt": format_time(time.time())}})
-            except KubeError as e:
-                logging.getLogger("floor").warning("%s %s: %s", kind, name, e)
+    def handle(kind: str, name: str, uid: str) -> None:
+        t = time.time()  # as the controller stamps allocatedAt: when a worker starts
+        try:
+            if kind == "add":
+                if writes > 1:  # the controller's second write: the key record
+                    client.create(LEASES, {
+                        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": f"floor-{uid}", "namespace": "default"},
+                        "spec": {"holderIdentity": name}})
+                client.create(PATH, {
+                    "apiVersion": f"{GROUP}/{VERSION}", "kind": "Vni",
+                    "metadata": {"name": f"floor-{uid}"},
+                    "spec": {"vni": next(numbers), "holder": {"name": name, "uid": uid},
+                             "allocatedAt": format_time(t)}})
+            else:
+                if writes > 1:
+                    client.delete(f"{LEASES}/floor-{uid}")
+                client.patch(f"{PATH}/floor-{uid}/status",
+                             {"status": {"releasedAt": format_time(time.time())}})
+        except KubeError as e:
+            logging.getLogger("floor").warning("%s %s: %s", kind, name, e)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
-    for th in threads:
-        th.start()
+    work = KeyQueue()  # the controller's work queue and workers
 
     @kopf.on.event("batch", "v1", "jobs")
     async def job(type: Optional[str], body: Any, **_: Any) -> None:
         md = body.get("metadata") or {}
-        if type in (None, "ADDED", "DELETED"):  # None: seen in the initial LIST
-            work.put(("del" if type == "DELETED" else "add", md.get("name"), md.get("uid"), None))
+        uid = md.get("uid")
+        if uid and type in (None, "ADDED", "DELETED"):  # None: seen in the initial LIST
+            work.put(uid, handle, "del" if type == "DELETED" else "add", md.get("name"), uid)
 
     @kopf.on.startup()
     async def startup(settings: Any, **_: Any) -> None:
