@@ -200,7 +200,7 @@ def run(jobs: int, replicas: int, threads: int, timeout: float,
             def cpu() -> Dict[str, float]:
                 return {"fake": _cpu(me, fake_tid), "ctl": sum(_cpu(p.pid) for p in procs)}
 
-            def wait(pred, phase: str) -> List[dict]:
+            def wait(pred) -> List[dict]:
                 deadline = time.monotonic() + timeout
                 while True:
                     objs = [o for o in list(vnis.values())
@@ -214,7 +214,7 @@ def run(jobs: int, replicas: int, threads: int, timeout: float,
             c0, t0, r0 = cpu(), time.time(), len(srv.kube._requests)
             created = gen.go()
             t_created = time.time()
-            objs = wait(lambda objs: len(objs) >= jobs, "allocation")
+            objs = wait(lambda objs: len(objs) >= jobs)
             c1, t1, r1 = cpu(), time.time(), len(srv.kube._requests)
             alloc = {o["spec"]["holder"]["name"]: parse_time(o["spec"].get("allocatedAt")) or 0.0
                      for o in objs}
@@ -229,7 +229,7 @@ def run(jobs: int, replicas: int, threads: int, timeout: float,
             deleted = gen.go()
             t_deleted = time.time()
             objs = wait(lambda objs: len(objs) >= jobs and all(
-                (o.get("status") or {}).get("releasedAt") for o in objs), "release")
+                (o.get("status") or {}).get("releasedAt") for o in objs))
             c2, t2, r2 = cpu(), time.time(), len(srv.kube._requests)
             rel = {o["spec"]["holder"]["name"]: parse_time(o["status"]["releasedAt"])
                    for o in objs if (o.get("status") or {}).get("releasedAt")}
